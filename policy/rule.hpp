@@ -1,0 +1,161 @@
+// Policy rules and the decision engine: pure logic, no I/O, no clock, no sockets.
+//
+// A rule says allow or deny for a resource (host pattern, host:port, CIDR or everything), optionally
+// scoped to one sandbox and narrowed to HTTP methods and a path pattern. The engine answers one
+// question: given the facts about a destination (and, when the proxy sees it, the request), is it
+// allowed, and which rule said so.
+//
+//   auto rules = sbx::policy::rule_set({sbx::policy::make_rule(1, "", action::allow, "**.npmjs.org")});
+//   auto d = rules.decide({.host = "registry.npmjs.org", .port = 443});
+//   // d.act == action::allow, d.rule_id == 1
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace sbx::policy {
+
+enum class action { allow, deny };
+enum class rule_source { preset, local };
+
+[[nodiscard]] std::string_view to_string(action a);       // "allow" | "deny"
+[[nodiscard]] std::string_view to_string(rule_source s);  // "preset" | "local"
+
+// Raised for a rule, resource, method list or path pattern that cannot be accepted; what() is the
+// reason in words a user can act on ("port 70000 is out of range 1-65535").
+class rule_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// An IPv4 or IPv6 address as bytes (network order). IPv4 uses the first 4 bytes. Kept free of Asio
+// so that policy/ needs no networking headers.
+struct ip_address {
+  bool v6 = false;
+  std::array<std::uint8_t, 16> bytes{};
+
+  // Accepts dotted IPv4 and IPv6 (with or without [brackets]); IPv4-mapped IPv6 stays IPv6.
+  [[nodiscard]] static std::optional<ip_address> parse(std::string_view text);
+  [[nodiscard]] std::string to_string() const;
+  friend bool operator==(const ip_address&, const ip_address&) = default;
+};
+
+struct ip_network {
+  ip_address base;  // host bits cleared
+  int prefix = 0;
+  [[nodiscard]] bool contains(const ip_address& a) const;
+  [[nodiscard]] std::string to_string() const;  // "10.0.0.0/8", "::1/128"
+};
+
+// What a rule applies to. Host names are stored lower-case without a trailing dot.
+struct resource {
+  enum class kind {
+    host,                // "example.com": that host, not subdomains
+    one_label_wildcard,  // "*.example.com": exactly one more label
+    any_depth_wildcard,  // "**.example.com": one or more labels
+    everything,          // "**"
+    network,             // "10.0.0.0/8", "192.0.2.1", "[::1]", "2001:db8::/32"
+  };
+  kind k = kind::host;
+  std::string host;                   // for wildcards: the suffix ("example.com")
+  std::optional<std::uint16_t> port;  // "host:port"; absent = any port
+  ip_network network;                 // when k == network
+
+  [[nodiscard]] std::string text() const;  // canonical form, round-trips through parse_resource
+};
+
+// Parses one resource. Throws rule_error with the reason.
+[[nodiscard]] resource parse_resource(std::string_view text);
+// "GET,post" -> {"GET","POST"}; empty input -> {} (any method). Throws rule_error.
+[[nodiscard]] std::vector<std::string> parse_methods(std::string_view csv);
+// Checks a path pattern ("/v1/**", "/repos/*/issues"); returns it unchanged. Throws rule_error.
+std::string validate_path_pattern(std::string_view pattern);
+// '*' matches within one segment, '**' any number of segments (including none).
+[[nodiscard]] bool path_matches(std::string_view pattern, std::string_view path);
+
+struct rule {
+  std::int64_t id = 0;
+  std::string sandbox;  // empty = global
+  action act = action::deny;
+  resource res;
+  std::vector<std::string> methods;  // upper-case; empty = any method
+  std::string path;                  // empty = any path
+  rule_source source = rule_source::local;
+
+  [[nodiscard]] bool has_http_conditions() const { return !methods.empty() || !path.empty(); }
+  [[nodiscard]] std::string describe() const;  // "allow api.github.com --method GET --path /repos/**"
+};
+
+// Builds a rule from user text. Throws rule_error with the reason.
+[[nodiscard]] rule make_rule(std::int64_t id, std::string sandbox, action act,
+                             std::string_view resource_text, std::string_view methods_csv = {},
+                             std::string_view path_pattern = {},
+                             rule_source source = rule_source::local);
+
+// The facts about one destination or request. Strings are views: the caller keeps them alive.
+struct facts {
+  std::string_view sandbox;  // empty = no sandbox (global rules only)
+  std::string_view host;     // as the client named it; IP literals allowed; any case
+  std::uint16_t port = 0;
+  // The address the proxy is about to connect to (a DNS answer, a resolve override, or the literal).
+  // Absent before resolution: then CIDR rules match only when host is itself an IP literal.
+  std::optional<ip_address> address;
+  std::string_view method;  // empty when not known (a CONNECT that is not intercepted)
+  std::string_view path;    // empty when not known; no query string
+};
+
+struct decision {
+  action act = action::deny;
+  std::int64_t rule_id = 0;  // 0 = no rule matched (default deny) or a blocked address
+  bool blocked_address = false;
+  std::string reason;  // "allowed by rule 12 (allow **.npmjs.org)", "no matching allow rule (default deny)"
+
+  [[nodiscard]] bool allowed() const { return act == action::allow; }
+  [[nodiscard]] std::string rule_label() const;  // rule id as text, or "default"
+};
+
+// Addresses refused after resolution unless an allow rule names the exact host or a CIDR containing
+// the address: 127/8, 10/8, 172.16/12, 192.168/16, 169.254/16, 100.64/10, 0/8, ::1, fc00::/7,
+// fe80::/10 (and IPv4-mapped forms of the IPv4 ranges).
+[[nodiscard]] bool is_blocked_address(const ip_address& a);
+// The range's name for messages ("loopback", "private", "link-local", ...), empty when not blocked.
+[[nodiscard]] std::string_view blocked_range_name(const ip_address& a);
+
+// An immutable set of rules; safe to share between threads once built.
+//
+// Evaluation: only rules that are global or belong to facts.sandbox are considered.
+// - A rule matches when its resource matches host/port (or the address, for network resources) and
+//   its methods/path match the request. When method/path are unknown (a tunnel), a rule with HTTP
+//   conditions is treated as: allow -> matches (the requests will be checked one by one once
+//   intercepted), deny -> does not match (it can only be judged per request).
+// - Any matching deny wins. Otherwise any matching allow allows. Otherwise default deny.
+// - Then, when facts.address is set and in a blocked range, an allow stands only if an allow rule
+//   of kind host names exactly facts.host, or a network allow rule contains the address.
+class rule_set {
+ public:
+  rule_set() = default;
+  explicit rule_set(std::vector<rule> rules);
+
+  [[nodiscard]] decision decide(const facts& f) const;
+
+  // True when some allow rule in scope is a network (CIDR) rule: then a host that no name rule
+  // allows may still be allowed by its resolved address, so the caller must resolve and decide again.
+  [[nodiscard]] bool has_network_allow(std::string_view sandbox) const;
+
+  // True when a rule in scope with method/path conditions matches this host and port: the proxy
+  // must intercept the tunnel so it can judge each request.
+  [[nodiscard]] bool needs_interception(std::string_view sandbox, std::string_view host,
+                                        std::uint16_t port) const;
+
+  [[nodiscard]] const std::vector<rule>& rules() const { return rules_; }
+
+ private:
+  std::vector<rule> rules_;
+};
+
+}  // namespace sbx::policy
