@@ -1,17 +1,20 @@
 // Policy rules and the decision engine: pure logic, no I/O, no clock, no sockets.
 //
-// A rule says allow or deny for a resource (host pattern, host:port, CIDR or everything), optionally
-// scoped to one sandbox and narrowed to HTTP methods and a path pattern. The engine answers one
-// question: given the facts about a destination (and, when the proxy sees it, the request), is it
-// allowed, and which rule said so.
+// A rule says allow or deny for a resource (host pattern, host:port, CIDR or everything),
+// optionally scoped to one sandbox and narrowed to HTTP methods and a path pattern. The engine
+// answers one question: given the facts about a destination (and, when the proxy sees it, the
+// request), is it allowed, and which rule said so.
 //
-//   auto rules = sbx::policy::rule_set({sbx::policy::make_rule(1, "", action::allow, "**.npmjs.org")});
+//   using sbx::policy::action;
+//   auto rules = sbx::policy::rule_set({sbx::policy::make_rule(1, "", action::allow,
+//                                                              "**.npmjs.org")});
 //   auto d = rules.decide({.host = "registry.npmjs.org", .port = 443});
 //   // d.act == action::allow, d.rule_id == 1
 #pragma once
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -48,6 +51,9 @@ struct ip_address {
 struct ip_network {
   ip_address base;  // host bits cleared
   int prefix = 0;
+  // An IPv4 network also contains the IPv4-mapped IPv6 form of its addresses (::ffff:a.b.c.d), and
+  // an IPv6 network containing ::ffff:a.b.c.d contains a.b.c.d: a dual-stack resolver may answer in
+  // either form, and a deny rule must not be sidestepped by the other one.
   [[nodiscard]] bool contains(const ip_address& a) const;
   [[nodiscard]] std::string to_string() const;  // "10.0.0.0/8", "::1/128"
 };
@@ -77,6 +83,14 @@ struct resource {
 std::string validate_path_pattern(std::string_view pattern);
 // '*' matches within one segment, '**' any number of segments (including none).
 [[nodiscard]] bool path_matches(std::string_view pattern, std::string_view path);
+// The path the proxy decides on, made from the raw request-target path: query and fragment cut
+// off, percent-encoded unreserved characters decoded (RFC 3986 §2.3), other escapes upper-cased,
+// dot-segments removed (RFC 3986 §5.2.4) and repeated slashes collapsed, so that "/v1/../admin"
+// cannot pass a "/v1/**" rule. nullopt for a path that a server may read differently from us: no
+// leading '/', control characters, bad percent-encoding, '\' or an encoded '/' or '\' (%2F,
+// %5C), and "..;" or ".;" segments (Tomcat reads "/a/..;/b" as "/b").
+//   normalize_path("/a/./b/../%63?x=1") == "/a/c"
+[[nodiscard]] std::optional<std::string> normalize_path(std::string_view raw);
 
 struct rule {
   std::int64_t id = 0;
@@ -88,7 +102,9 @@ struct rule {
   rule_source source = rule_source::local;
 
   [[nodiscard]] bool has_http_conditions() const { return !methods.empty() || !path.empty(); }
-  [[nodiscard]] std::string describe() const;  // "allow api.github.com --method GET --path /repos/**"
+  // "allow api.github.com --method GET --path /repos/**"; " --sandbox S" follows the resource of a
+  // sandbox-scoped rule.
+  [[nodiscard]] std::string describe() const;
 };
 
 // Builds a rule from user text. Throws rule_error with the reason.
@@ -102,8 +118,9 @@ struct facts {
   std::string_view sandbox;  // empty = no sandbox (global rules only)
   std::string_view host;     // as the client named it; IP literals allowed; any case
   std::uint16_t port = 0;
-  // The address the proxy is about to connect to (a DNS answer, a resolve override, or the literal).
-  // Absent before resolution: then CIDR rules match only when host is itself an IP literal.
+  // The address the proxy is about to connect to (a DNS answer, a resolve override, or the
+  // literal). Absent before resolution: then CIDR rules match only when host is itself an IP
+  // literal.
   std::optional<ip_address> address;
   std::string_view method;  // empty when not known (a CONNECT that is not intercepted)
   std::string_view path;    // empty when not known; no query string
@@ -113,7 +130,8 @@ struct decision {
   action act = action::deny;
   std::int64_t rule_id = 0;  // 0 = no rule matched (default deny) or a blocked address
   bool blocked_address = false;
-  std::string reason;  // "allowed by rule 12 (allow **.npmjs.org)", "no matching allow rule (default deny)"
+  // "allowed by rule 12 (allow **.npmjs.org)", "no matching allow rule (default deny)"
+  std::string reason;
 
   [[nodiscard]] bool allowed() const { return act == action::allow; }
   [[nodiscard]] std::string rule_label() const;  // rule id as text, or "default"
@@ -126,7 +144,13 @@ struct decision {
 // The range's name for messages ("loopback", "private", "link-local", ...), empty when not blocked.
 [[nodiscard]] std::string_view blocked_range_name(const ip_address& a);
 
-// An immutable set of rules; safe to share between threads once built.
+namespace detail {
+struct rule_index;
+}
+
+// An immutable set of rules; safe to share between threads once built. The constructor indexes the
+// rules by scope, host suffix and kind, so decide() costs a few hash lookups per host label
+// whatever the number of rules, and allocates nothing but the reason text.
 //
 // Evaluation: only rules that are global or belong to facts.sandbox are considered.
 // - A rule matches when its resource matches host/port (or the address, for network resources) and
@@ -135,7 +159,12 @@ struct decision {
 //   intercepted), deny -> does not match (it can only be judged per request).
 // - Any matching deny wins. Otherwise any matching allow allows. Otherwise default deny.
 // - Then, when facts.address is set and in a blocked range, an allow stands only if an allow rule
-//   of kind host names exactly facts.host, or a network allow rule contains the address.
+//   of kind host names exactly facts.host, or a network allow rule contains the address. (Either
+//   rule must itself match the facts, port included.) When facts.address is absent and facts.host
+//   is an IP literal, the literal is the address checked.
+// - The decision names the most specific of the rules that decided it: sandbox-scoped before
+//   global, then exact host, *.x, **.x, network, **; then a rule with a port, then one with HTTP
+//   conditions; then the longer suffix or prefix; then the lower id.
 class rule_set {
  public:
   rule_set() = default;
@@ -144,7 +173,8 @@ class rule_set {
   [[nodiscard]] decision decide(const facts& f) const;
 
   // True when some allow rule in scope is a network (CIDR) rule: then a host that no name rule
-  // allows may still be allowed by its resolved address, so the caller must resolve and decide again.
+  // allows may still be allowed by its resolved address, so the caller must resolve and decide
+  // again.
   [[nodiscard]] bool has_network_allow(std::string_view sandbox) const;
 
   // True when a rule in scope with method/path conditions matches this host and port: the proxy
@@ -156,6 +186,7 @@ class rule_set {
 
  private:
   std::vector<rule> rules_;
+  std::shared_ptr<const detail::rule_index> index_;  // positions in rules_; shared by copies
 };
 
 }  // namespace sbx::policy

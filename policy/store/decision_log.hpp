@@ -22,7 +22,10 @@ namespace sbx::store {
 struct decision_log_options {
   std::size_t capacity = 65536;  // rows waiting at most before record() blocks
   std::size_t max_batch = 4096;  // rows per transaction
-  int retention_days = 30;       // rows older than this are pruned (hourly and at start)
+  int retention_days = 30;       // rows older than this are pruned (hourly and at start); 0 = keep
+  // How long one write waits for another process's lock before it counts as a failed write and
+  // is retried 100 ms later.
+  std::chrono::milliseconds busy_timeout{5000};
 };
 
 class decision_log {

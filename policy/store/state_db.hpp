@@ -10,6 +10,7 @@
 //   auto rules = sbx::policy::rule_set(db.load_rules());
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -25,6 +26,10 @@ struct sqlite3;
 
 namespace sbx::store {
 
+namespace detail {
+struct statement_cache;
+}
+
 class store_error : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
@@ -32,18 +37,18 @@ class store_error : public std::runtime_error {
 
 // One row of the `decisions` table; the column names are part of the user-facing contract.
 struct decision_row {
-  std::int64_t id = 0;     // assigned by the database
-  std::string ts;          // RFC 3339 UTC with milliseconds: 2026-11-22T06:00:00.123Z
-  std::string sandbox;     // empty = none
-  std::string client;      // client address "127.0.0.1:53211"
-  std::string method;      // "CONNECT", "GET", ...
-  std::string scheme;      // "http" | "https"
+  std::int64_t id = 0;  // assigned by the database
+  std::string ts;       // RFC 3339 UTC with milliseconds: 2026-11-22T06:00:00.123Z
+  std::string sandbox;  // empty = none
+  std::string client;   // client address "127.0.0.1:53211"
+  std::string method;   // "CONNECT", "GET", ...
+  std::string scheme;   // "http" | "https"
   std::string host;
   int port = 0;
-  std::string path;        // never the query string
-  std::string route;       // "tunnel" | "intercept" | "forward"
-  std::string decision;    // "allow" | "deny"
-  std::string rule;        // rule id as text, or "default"
+  std::string path;      // never the query string
+  std::string route;     // "tunnel" | "intercept" | "forward"
+  std::string decision;  // "allow" | "deny"
+  std::string rule;      // rule id as text, or "default"
   std::string reason;
   std::string credential;  // service injected, or empty
   int status = 0;
@@ -82,6 +87,10 @@ class state_db {
   state_db& operator=(state_db&&) noexcept;
   ~state_db();
 
+  // How long a statement waits for another connection's write lock before failing with
+  // SQLITE_BUSY (default 5 s). Readers never wait in WAL mode; writers queue behind each other.
+  void set_busy_timeout(std::chrono::milliseconds timeout);
+
   // --- rules ---
   // Every stored rule, parsed. A stored row that no longer parses is a store_error naming its id.
   [[nodiscard]] std::vector<policy::rule> load_rules();
@@ -113,6 +122,8 @@ class state_db {
  private:
   explicit state_db(sqlite3* db);
   sqlite3* db_ = nullptr;
+  // Prepared statements by SQL text, finalized before the connection closes.
+  std::unique_ptr<detail::statement_cache> stmts_;
 };
 
 // The current time as RFC 3339 UTC with milliseconds ("2026-11-22T06:00:00.123Z").
