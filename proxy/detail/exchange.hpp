@@ -1,0 +1,331 @@
+// One HTTP/1.1 request/response exchange relayed between a client stream and an upstream stream,
+// written once as a template so plain forwarding (tcp_stream both sides) and interception
+// (ssl_stream both sides) share it. Bodies stream through a fixed buffer (buffer_body): never held
+// whole in memory. Chunked bodies are re-chunked as they arrive, so each upstream chunk (an SSE
+// event, a token) reaches the client when it arrives.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string_view>
+
+#include <boost/beast/core/string.hpp>
+
+#include "proxy/detail/net.hpp"
+#include "proxy/detail/tunnel.hpp"
+#include "proxy/http_checks.hpp"
+
+namespace sbx::proxy::detail {
+
+// 64 KiB: large enough that a bulk body moves in few syscalls, small enough per active exchange.
+inline constexpr std::size_t body_chunk_size = 64 * 1024;
+inline constexpr std::string_view via_value = "1.1 sbx-proxy";
+
+using request_parser = http::request_parser<http::buffer_body>;
+using response_parser = http::response_parser<http::buffer_body>;
+
+struct exchange_limits {
+  std::chrono::milliseconds client_read{60'000};
+  std::chrono::milliseconds upstream_read{120'000};
+  std::chrono::milliseconds write{60'000};
+  std::chrono::milliseconds tunnel_idle{600'000};
+  std::uint32_t header_limit = 64 * 1024;
+};
+
+// What the client asked for, recorded before the hop-by-hop fields that say it are removed.
+struct request_shape {
+  bool keep_alive = true;
+  bool upgrade =
+      false;  // Connection: upgrade + Upgrade: (WebSocket) — relayed as raw bytes after 101
+  bool head = false;
+  bool expect_continue = false;
+  unsigned version = 11;
+};
+
+struct exchange_result {
+  enum class failure {
+    none,
+    client_read,       // the client stopped sending its request body
+    client_write,      // the client went away while we wrote the response
+    upstream_write,    // the upstream closed or reset while we sent the request
+    upstream_read,     // the upstream closed or reset before/while responding
+    upstream_timeout,  // the upstream was silent for limits.upstream_read
+  };
+  failure fail = failure::none;
+  bool response_started = false;  // bytes of the response reached the client
+  bool request_body_started = false;
+  int status = 0;
+  std::uint64_t bytes_up = 0;
+  std::uint64_t bytes_down = 0;
+  bool client_keep_alive = false;
+  bool upstream_reusable = false;
+  bool upgraded = false;  // a 101 was relayed and the connection ran as a byte tunnel until closed
+};
+
+namespace exchange_detail {
+
+inline bool iequals(std::string_view a, std::string_view b) {
+  return beast::iequals(a, b);
+}
+
+// Removes the fields a proxy must not forward (RFC 9110 §7.6.1): the hop-by-hop set and every
+// field the Connection header names, except framing fields whose removal would change the message
+// boundaries (a "Connection: content-length" smuggling trick).
+template <class Fields>
+void strip_hop_by_hop(Fields& fields, bool keep_upgrade) {
+  std::vector<std::string> named;
+  auto range = fields.equal_range(http::field::connection);
+  for (auto field = range.first; field != range.second; ++field) {
+    http::token_list tokens(field->value());
+    for (auto token : tokens) {
+      std::string_view t{token.data(), token.size()};
+      if (iequals(t, "content-length") || iequals(t, "transfer-encoding") || iequals(t, "host")) {
+        continue;
+      }
+      named.emplace_back(t);
+    }
+  }
+  for (auto const& n : named) {
+    if (keep_upgrade && iequals(n, "upgrade")) continue;
+    fields.erase(n);
+  }
+  for (auto it = fields.begin(); it != fields.end();) {
+    std::string_view name{it->name_string().data(), it->name_string().size()};
+    if (is_hop_by_hop(name) && !(keep_upgrade && iequals(name, "upgrade"))) {
+      it = fields.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  if (keep_upgrade) fields.set(http::field::connection, "upgrade");
+}
+
+// A client asks for a protocol switch (WebSocket) with "Connection: upgrade" plus an Upgrade field
+// (RFC 9110 §7.8).
+template <class Fields>
+bool wants_upgrade(const Fields& fields) {
+  if (fields.count(http::field::upgrade) == 0) return false;
+  auto range = fields.equal_range(http::field::connection);
+  for (auto field = range.first; field != range.second; ++field) {
+    http::token_list tokens(field->value());
+    for (auto token : tokens) {
+      if (iequals(std::string_view(token.data(), token.size()), "upgrade")) return true;
+    }
+  }
+  return false;
+}
+
+inline void add_via(http::fields& fields) {
+  auto existing = fields[http::field::via];
+  if (existing.empty()) {
+    fields.set(http::field::via, via_value);
+  } else {
+    std::string v(existing.data(), existing.size());
+    v += ", ";
+    v += via_value;
+    fields.set(http::field::via, v);
+  }
+}
+
+enum class relay_status { ok, read_failed, read_timeout, write_failed };
+
+// Streams one message whose header `p` has parsed from `in` to `out`: header first, then the body
+// through `chunk` as it arrives (Beast's relay pattern, asynchronous).
+template <bool isRequest, class In, class Out>
+asio::awaitable<relay_status> relay_message(In& in, beast::flat_buffer& in_buf,
+                                            http::parser<isRequest, http::buffer_body>& p, Out& out,
+                                            char* chunk, std::chrono::milliseconds read_timeout,
+                                            std::chrono::milliseconds write_timeout,
+                                            std::uint64_t& written, bool* body_started = nullptr) {
+  http::serializer<isRequest, http::buffer_body> sr{p.get()};
+  beast::get_lowest_layer(out).expires_after(write_timeout);
+  {
+    auto [ec, n] = co_await http::async_write_header(out, sr, use_nothrow);
+    written += n;
+    if (ec) co_return relay_status::write_failed;
+  }
+  while (!sr.is_done()) {
+    if (!p.is_done()) {
+      p.get().body().data = chunk;
+      p.get().body().size = body_chunk_size;
+      beast::get_lowest_layer(in).expires_after(read_timeout);
+      auto [ec, n] = co_await http::async_read_some(in, in_buf, p, use_nothrow);
+      if (ec == http::error::need_buffer) ec = {};
+      if (ec) {
+        co_return ec == beast::error::timeout ? relay_status::read_timeout
+                                              : relay_status::read_failed;
+      }
+      p.get().body().size = body_chunk_size - p.get().body().size;
+      if (p.get().body().size == 0) {
+        if (!p.is_done()) continue;  // progress (a chunk header) without body bytes
+        // An empty buffer with more=false would go out as an empty chunk before the last-chunk
+        // (two "0\r\n\r\n"): a null buffer ends the body cleanly.
+        p.get().body().data = nullptr;
+      } else {
+        p.get().body().data = chunk;
+      }
+      p.get().body().more = !p.is_done();
+    } else {
+      p.get().body().data = nullptr;
+      p.get().body().size = 0;
+      p.get().body().more = false;
+    }
+    if (body_started) *body_started = true;
+    beast::get_lowest_layer(out).expires_after(write_timeout);
+    auto [ec, n] = co_await http::async_write(out, sr, use_nothrow);
+    written += n;
+    if (ec == http::error::need_buffer) ec = {};
+    if (ec) co_return relay_status::write_failed;
+  }
+  beast::get_lowest_layer(out).expires_never();
+  co_return relay_status::ok;
+}
+
+}  // namespace exchange_detail
+
+// Rewrites a parsed client request for the upstream: origin-form target, HTTP/1.1, hop-by-hop
+// fields and Proxy-Authorization removed, Via added. Returns what the client asked for.
+inline request_shape prepare_upstream_request(http::request<http::buffer_body>& req,
+                                              std::string_view origin_form) {
+  request_shape shape;
+  shape.keep_alive = req.keep_alive();
+  shape.version = req.version();
+  shape.head = req.method() == http::verb::head;
+  shape.upgrade = req.version() == 11 && exchange_detail::wants_upgrade(req.base());
+  shape.expect_continue = exchange_detail::iequals(
+      std::string_view(req[http::field::expect].data(), req[http::field::expect].size()),
+      "100-continue");
+  exchange_detail::strip_hop_by_hop(req.base(), shape.upgrade);
+  // We answer "100 Continue" ourselves (see relay_exchange), so the upstream must not wait for it.
+  if (shape.expect_continue) req.erase(http::field::expect);
+  req.target(origin_form);
+  req.version(11);
+  exchange_detail::add_via(req.base());
+  return shape;
+}
+
+// Sends the prepared request (streaming its body from the client) and relays the response.
+// `chunk` is a body_chunk_size buffer owned by the caller.
+template <class Client, class Upstream>
+asio::awaitable<exchange_result> relay_exchange(Client& client, beast::flat_buffer& client_buf,
+                                                request_parser& req, const request_shape& shape,
+                                                Upstream& upstream,
+                                                beast::flat_buffer& upstream_buf, char* chunk,
+                                                const exchange_limits& lim) {
+  using failure = exchange_result::failure;
+  using exchange_detail::relay_status;
+  exchange_result r;
+
+  if (shape.expect_continue && !req.is_done()) {
+    static constexpr std::string_view continue_line = "HTTP/1.1 100 Continue\r\n\r\n";
+    beast::get_lowest_layer(client).expires_after(lim.write);
+    auto [ec, n] = co_await asio::async_write(client, asio::buffer(continue_line), use_nothrow);
+    r.bytes_down += n;
+    if (ec) {
+      r.fail = failure::client_write;
+      co_return r;
+    }
+  }
+
+  auto sent = co_await exchange_detail::relay_message(client, client_buf, req, upstream, chunk,
+                                                      lim.client_read, lim.write, r.bytes_up,
+                                                      &r.request_body_started);
+  if (sent == relay_status::read_failed || sent == relay_status::read_timeout) {
+    r.fail = failure::client_read;
+    co_return r;
+  }
+  if (sent == relay_status::write_failed) {
+    r.fail = failure::upstream_write;
+    co_return r;
+  }
+
+  std::optional<response_parser> res;
+  for (;;) {
+    res.emplace();
+    res->header_limit(lim.header_limit);
+    res->body_limit(boost::none);  // streamed, never buffered: no reason to cap
+    if (shape.head) res->skip(true);
+    beast::get_lowest_layer(upstream).expires_after(lim.upstream_read);
+    auto [ec, n] = co_await http::async_read_header(upstream, upstream_buf, *res, use_nothrow);
+    if (ec) {
+      r.fail = ec == beast::error::timeout ? failure::upstream_timeout : failure::upstream_read;
+      co_return r;
+    }
+    const auto status = res->get().result_int();
+    if (status >= 100 && status < 200 && status != 101) {
+      // RFC 9110 §15.2: a proxy forwards 1xx responses; HTTP/1.0 clients cannot take them.
+      if (shape.version >= 11) {
+        http::response_serializer<http::buffer_body> sr{res->get()};
+        beast::get_lowest_layer(client).expires_after(lim.write);
+        auto [wec, wn] = co_await http::async_write_header(client, sr, use_nothrow);
+        r.bytes_down += wn;
+        if (wec) {
+          r.fail = failure::client_write;
+          co_return r;
+        }
+      }
+      continue;
+    }
+    break;
+  }
+
+  auto& msg = res->get();
+  r.status = msg.result_int();
+  const bool upgraded = r.status == 101 && shape.upgrade;
+  const bool delimited_by_close = res->need_eof() && !upgraded;
+  r.upstream_reusable = msg.keep_alive() && !delimited_by_close && !upgraded;
+  r.client_keep_alive = shape.keep_alive && !upgraded;
+  exchange_detail::strip_hop_by_hop(msg.base(), upgraded);
+  if (!upgraded) {
+    if (shape.version >= 11 && delimited_by_close && !shape.head && r.status != 204 &&
+        r.status != 304) {
+      msg.chunked(true);  // re-frame a read-until-close body so the client connection survives
+    } else if (shape.version < 11) {
+      if (msg.chunked()) msg.chunked(false);  // HTTP/1.0 has no chunked coding: end = close
+      if (!msg.has_content_length()) r.client_keep_alive = false;
+    }
+    msg.keep_alive(r.client_keep_alive);
+  }
+  exchange_detail::add_via(msg.base());
+
+  auto got = co_await exchange_detail::relay_message(upstream, upstream_buf, *res, client, chunk,
+                                                     lim.upstream_read, lim.write, r.bytes_down);
+  r.response_started = r.bytes_down > 0;
+  if (got == relay_status::read_failed || got == relay_status::read_timeout) {
+    r.fail = got == relay_status::read_timeout ? failure::upstream_timeout : failure::upstream_read;
+    r.client_keep_alive = false;
+    r.upstream_reusable = false;
+    co_return r;
+  }
+  if (got == relay_status::write_failed) {
+    r.fail = failure::client_write;
+    r.client_keep_alive = false;
+    r.upstream_reusable = false;
+    co_return r;
+  }
+
+  if (upgraded) {
+    r.upgraded = true;
+    // Bytes the client or upstream sent right behind the handshake are already buffered.
+    if (client_buf.size() > 0) {
+      auto [ec, n] = co_await asio::async_write(upstream, client_buf.data(), use_nothrow);
+      r.bytes_up += n;
+      client_buf.consume(client_buf.size());
+      if (ec) co_return r;
+    }
+    if (upstream_buf.size() > 0) {
+      auto [ec, n] = co_await asio::async_write(client, upstream_buf.data(), use_nothrow);
+      r.bytes_down += n;
+      upstream_buf.consume(upstream_buf.size());
+      if (ec) co_return r;
+    }
+    auto totals = co_await relay_streams(client, upstream, lim.tunnel_idle);
+    r.bytes_up += totals.up;
+    r.bytes_down += totals.down;
+  }
+  co_return r;
+}
+
+}  // namespace sbx::proxy::detail

@@ -1,0 +1,89 @@
+// Full-duplex byte relays: a CONNECT tunnel between two TCP sockets, and the same over any two
+// streams (an upgraded WebSocket inside an intercepted TLS session).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string_view>
+
+#include "proxy/detail/net.hpp"
+
+namespace sbx::proxy::detail {
+
+// 16 KiB per direction: one TLS record, and small enough that thousands of idle tunnels stay cheap.
+inline constexpr std::size_t tunnel_buffer_size = 16 * 1024;
+
+struct relay_totals {
+  std::uint64_t up = 0;    // client -> upstream
+  std::uint64_t down = 0;  // upstream -> client
+  bool idle_timeout = false;
+};
+
+// Relays until both directions reached end-of-stream (each EOF is passed on as a half-close), an
+// error ends both, or no byte moved either way for `idle_timeout`. `initial_up` holds bytes the
+// client sent right behind its CONNECT request; they go upstream first.
+asio::awaitable<relay_totals> run_tunnel(tcp::socket& client, tcp::socket& upstream,
+                                         std::string_view initial_up,
+                                         std::chrono::milliseconds idle_timeout);
+
+namespace relay_detail {
+
+using clock = std::chrono::steady_clock;
+
+template <class From, class To, class Close>
+asio::awaitable<void> pump(From& from, To& to, std::uint64_t& total, clock::time_point& last,
+                           Close close_both) {
+  auto buf = std::make_unique<char[]>(tunnel_buffer_size);
+  for (;;) {
+    auto [ec, n] =
+        co_await from.async_read_some(asio::buffer(buf.get(), tunnel_buffer_size), use_nothrow);
+    if (n > 0) {
+      last = clock::now();
+      auto [wec, wn] = co_await asio::async_write(to, asio::buffer(buf.get(), n), use_nothrow);
+      total += wn;
+      if (wec) {
+        close_both();
+        co_return;
+      }
+    }
+    if (ec) {
+      if (ec == asio::error::eof) {
+        // Half-close: the other direction may still have a response to deliver.
+        error_code ignored;
+        beast::get_lowest_layer(to).socket().shutdown(tcp::socket::shutdown_send, ignored);
+      } else {
+        close_both();
+      }
+      co_return;
+    }
+  }
+}
+
+asio::awaitable<void> watchdog(const clock::time_point& last, std::chrono::milliseconds idle,
+                               bool& fired);
+
+}  // namespace relay_detail
+
+// Generic version for streams (e.g. ssl_stream) whose lowest layer is a beast::tcp_stream.
+template <class A, class B>
+asio::awaitable<relay_totals> relay_streams(A& client, B& upstream,
+                                            std::chrono::milliseconds idle_timeout) {
+  using namespace asio::experimental::awaitable_operators;
+  relay_totals totals;
+  auto last = relay_detail::clock::now();
+  auto close_both = [&] {
+    error_code ignored;
+    beast::get_lowest_layer(client).socket().close(ignored);
+    beast::get_lowest_layer(upstream).socket().close(ignored);
+  };
+  beast::get_lowest_layer(client).expires_never();
+  beast::get_lowest_layer(upstream).expires_never();
+  co_await ((relay_detail::pump(client, upstream, totals.up, last, close_both) &&
+             relay_detail::pump(upstream, client, totals.down, last, close_both)) ||
+            relay_detail::watchdog(last, idle_timeout, totals.idle_timeout));
+  if (totals.idle_timeout) close_both();
+  co_return totals;
+}
+
+}  // namespace sbx::proxy::detail

@@ -1,0 +1,150 @@
+#include "proxy/http_checks.hpp"
+
+#include <algorithm>
+#include <array>
+#include <charconv>
+
+#include <fmt/format.h>
+
+namespace sbx::proxy {
+namespace {
+
+char lower(char c) {
+  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(),
+                                            [](char x, char y) { return lower(x) == lower(y); });
+}
+
+std::optional<std::uint16_t> parse_port(std::string_view s) {
+  if (s.empty() || s.size() > 5) return std::nullopt;
+  unsigned v = 0;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc{} || p != s.data() + s.size() || v == 0 || v > 65535) return std::nullopt;
+  return static_cast<std::uint16_t>(v);
+}
+
+bool valid_reg_name_char(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+         c == '.' || c == '_';
+}
+
+}  // namespace
+
+std::string check_raw_head(std::string_view head) {
+  std::size_t line_start = 0;
+  bool first_line = true;
+  for (std::size_t i = 0; i < head.size(); ++i) {
+    const auto c = static_cast<unsigned char>(head[i]);
+    if (c == '\r') {
+      if (i + 1 >= head.size() || head[i + 1] != '\n') return "bare CR in request head";
+      ++i;  // the LF
+      line_start = i + 1;
+      first_line = false;
+      continue;
+    }
+    if (c == '\n') return "bare LF in request head (lines must end with CRLF)";
+    if (i == line_start && !first_line && (c == ' ' || c == '\t')) {
+      return "obsolete line folding (obs-fold) in a header field";
+    }
+    // HTAB is allowed inside field values; every other control character is not.
+    if ((c < 0x20 && c != '\t') || c == 0x7f) {
+      return first_line ? "control character in request line"
+                        : fmt::format("control character 0x{:02x} in a header field", c);
+    }
+  }
+  return {};
+}
+
+std::string authority::text() const {
+  return ipv6 ? fmt::format("[{}]:{}", host, port) : fmt::format("{}:{}", host, port);
+}
+
+std::optional<authority> parse_authority(std::string_view text,
+                                         std::optional<std::uint16_t> default_port) {
+  authority a;
+  std::string_view host;
+  std::string_view port_text;
+  if (text.starts_with('[')) {
+    const auto close = text.find(']');
+    if (close == std::string_view::npos) return std::nullopt;
+    host = text.substr(1, close - 1);
+    auto rest = text.substr(close + 1);
+    if (!rest.empty()) {
+      if (rest[0] != ':') return std::nullopt;
+      port_text = rest.substr(1);
+      if (port_text.empty()) return std::nullopt;
+    }
+    if (host.empty() || host.find_first_not_of("0123456789abcdefABCDEF:.") != host.npos) {
+      return std::nullopt;
+    }
+    a.ipv6 = true;
+  } else {
+    const auto colon = text.rfind(':');
+    if (colon != std::string_view::npos) {
+      host = text.substr(0, colon);
+      port_text = text.substr(colon + 1);
+      if (port_text.empty()) return std::nullopt;
+    } else {
+      host = text;
+    }
+    if (host.empty() || !std::all_of(host.begin(), host.end(), valid_reg_name_char)) {
+      return std::nullopt;
+    }
+  }
+  if (port_text.empty()) {
+    if (!default_port) return std::nullopt;
+    a.port = *default_port;
+  } else {
+    auto p = parse_port(port_text);
+    if (!p) return std::nullopt;
+    a.port = *p;
+  }
+  a.host.reserve(host.size());
+  for (char c : host)
+    a.host.push_back(lower(c));
+  if (!a.ipv6 && a.host.ends_with('.')) a.host.pop_back();
+  if (a.host.empty()) return std::nullopt;
+  return a;
+}
+
+std::optional<absolute_target> parse_absolute_target(std::string_view target) {
+  const auto scheme_end = target.find("://");
+  if (scheme_end == std::string_view::npos) return std::nullopt;
+  absolute_target t;
+  for (char c : target.substr(0, scheme_end))
+    t.scheme.push_back(lower(c));
+  if (t.scheme != "http" && t.scheme != "https") return std::nullopt;
+  auto rest = target.substr(scheme_end + 3);
+  const auto auth_end = rest.find_first_of("/?#");
+  auto auth_text = rest.substr(0, auth_end);
+  if (auth_text.find('@') != std::string_view::npos) return std::nullopt;  // userinfo
+  auto where = parse_authority(auth_text, t.scheme == "https" ? 443 : 80);
+  if (!where) return std::nullopt;
+  t.where = std::move(*where);
+  std::string_view tail =
+      auth_end == std::string_view::npos ? std::string_view{} : rest.substr(auth_end);
+  if (const auto hash = tail.find('#'); hash != std::string_view::npos) tail = tail.substr(0, hash);
+  if (tail.empty() || tail[0] == '?') {
+    t.origin_form = "/";
+    t.origin_form.append(tail);
+  } else {
+    t.origin_form.assign(tail);
+  }
+  t.path = t.origin_form.substr(0, t.origin_form.find('?'));
+  return t;
+}
+
+bool is_hop_by_hop(std::string_view name) {
+  // Transfer-Encoding is hop-by-hop too, but it is the message framing: the serializer re-frames
+  // each relayed body, so callers keep it.
+  static constexpr std::array<std::string_view, 7> fields = {
+      "connection",         "keep-alive", "proxy-connection", "proxy-authorization",
+      "proxy-authenticate", "te",         "upgrade"};
+  return std::any_of(fields.begin(), fields.end(),
+                     [&](std::string_view f) { return iequals(f, name); });
+}
+
+}  // namespace sbx::proxy

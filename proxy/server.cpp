@@ -1,0 +1,474 @@
+#include "proxy/server.hpp"
+
+#include <sys/resource.h>
+#include <unistd.h>
+#include <csignal>
+
+#include <thread>
+
+#include <fmt/format.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
+
+#include "policy/store/state_db.hpp"
+#include "proxy/detail/control_server.hpp"
+#include "proxy/detail/session.hpp"
+#include "proxy/http_checks.hpp"
+
+namespace sbx::proxy {
+namespace {
+
+using namespace detail;
+using json = nlohmann::json;
+using clock = std::chrono::steady_clock;
+
+constexpr auto rules_poll_interval = std::chrono::milliseconds(250);
+constexpr std::string_view version_text = "0.1.0";
+
+void setup_logging() {
+  if (!spdlog::get("sbx")) {
+    auto logger = spdlog::stderr_color_mt("sbx");
+    spdlog::set_default_logger(logger);
+  }
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  if (const char* level = std::getenv("SBX_LOG_LEVEL")) {
+    spdlog::set_level(spdlog::level::from_str(level));
+  }
+}
+
+tcp::endpoint parse_listen(std::string_view text) {
+  const auto ep = config::parse_endpoint(text);  // throws config_error with the reason
+  return {asio::ip::make_address(ep.ip), ep.port};
+}
+
+std::string endpoint_text(const tcp::endpoint& ep) {
+  return ep.address().is_v6() ? fmt::format("[{}]:{}", ep.address().to_string(), ep.port())
+                              : fmt::format("{}:{}", ep.address().to_string(), ep.port());
+}
+
+std::string url_decode(std::string_view s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '+') {
+      out.push_back(' ');
+    } else if (s[i] == '%' && i + 2 < s.size() &&
+               std::isxdigit(static_cast<unsigned char>(s[i + 1])) &&
+               std::isxdigit(static_cast<unsigned char>(s[i + 2]))) {
+      out.push_back(static_cast<char>(std::stoi(std::string(s.substr(i + 1, 2)), nullptr, 16)));
+      i += 2;
+    } else {
+      out.push_back(s[i]);
+    }
+  }
+  return out;
+}
+
+std::map<std::string, std::string> query_params(std::string_view target) {
+  std::map<std::string, std::string> out;
+  const auto q = target.find('?');
+  if (q == std::string_view::npos) return out;
+  auto rest = target.substr(q + 1);
+  while (!rest.empty()) {
+    auto amp = rest.find('&');
+    auto part = rest.substr(0, amp);
+    auto eq = part.find('=');
+    out[url_decode(part.substr(0, eq))] =
+        eq == std::string_view::npos ? "" : url_decode(part.substr(eq + 1));
+    if (amp == std::string_view::npos) break;
+    rest = rest.substr(amp + 1);
+  }
+  return out;
+}
+
+json row_json(const store::decision_row& r) {
+  return json{{"id", r.id},
+              {"ts", r.ts},
+              {"sandbox", r.sandbox},
+              {"client", r.client},
+              {"method", r.method},
+              {"scheme", r.scheme},
+              {"host", r.host},
+              {"port", r.port},
+              {"path", r.path},
+              {"route", r.route},
+              {"decision", r.decision},
+              {"rule", r.rule},
+              {"reason", r.reason},
+              {"credential", r.credential},
+              {"status", r.status},
+              {"bytes_up", r.bytes_up},
+              {"bytes_down", r.bytes_down},
+              {"duration_ms", r.duration_ms}};
+}
+
+std::shared_ptr<const sandbox_directory> load_sandboxes(store::state_db& db) {
+  auto dir = std::make_shared<sandbox_directory>();
+  for (const auto& s : db.sandboxes()) {
+    if (auto h = db.token_hash(s.name)) dir->token_hashes.emplace(s.name, *h);
+  }
+  return dir;
+}
+
+std::int64_t peak_rss_kib() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_maxrss;
+}
+
+class runtime {
+ public:
+  explicit runtime(const run_options& opt)
+      : opt_(opt),
+        threads_(opt.threads ? opt.threads : std::max(1u, std::thread::hardware_concurrency())),
+        db_(store::state_db::open(opt.state_dir / "policy.db")),
+        log_(opt.state_dir / "policy.db",
+             store::decision_log_options{.capacity = opt.settings.log_queue_capacity,
+                                         .retention_days = opt.settings.log_retention_days}),
+        signals_(control_ctx_, SIGTERM, SIGINT, SIGHUP),
+        poll_timer_(control_ctx_),
+        drain_timer_(control_ctx_) {
+    for (unsigned i = 0; i < threads_; ++i)
+      io_.push_back(std::make_unique<asio::io_context>(1));
+    acceptor_.emplace(*io_.front());
+
+    state_.settings.store(std::make_shared<const config::settings>(opt.settings));
+    state_.log = &log_;
+    rules_version_ = db_.rules_version();
+    state_.rules.store(std::make_shared<const policy::rule_set>(db_.load_rules()));
+    state_.sandboxes.store(load_sandboxes(db_));
+
+    const auto ep = parse_listen(opt.settings.listen);
+    state_.require_auth = !ep.address().is_loopback() && !opt.allow_anonymous;
+    if (!ep.address().is_loopback() && opt.allow_anonymous) {
+      spdlog::warn("listening on non-loopback {} without sandbox tokens (--allow-anonymous)",
+                   opt.settings.listen);
+    }
+    error_code ec;
+    acceptor_->open(ep.protocol(), ec);
+    if (!ec) acceptor_->set_option(tcp::acceptor::reuse_address(true), ec);
+    if (!ec) acceptor_->bind(ep, ec);
+    if (!ec) acceptor_->listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) {
+      throw std::runtime_error(fmt::format(
+          "cannot listen on {}: {}{}", opt.settings.listen, ec.message(),
+          ec == asio::error::address_in_use ? " (another proxy on that port? use --listen)" : ""));
+    }
+    state_.listen_address = endpoint_text(acceptor_->local_endpoint());
+
+    control_.emplace(control_ctx_, opt.state_dir / "sbx.sock",
+                     [this](std::string_view m, std::string_view t, std::string_view b) {
+                       return handle_control(m, t, b);
+                     });
+  }
+
+  int run() {
+    control_->start();
+    wait_signal();
+    schedule_poll();
+    asio::co_spawn(*io_.front(), accept_loop(), asio::detached);
+
+    std::vector<std::thread> workers;
+    std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
+    for (auto& ctx : io_)
+      guards.emplace_back(ctx->get_executor());
+    for (auto& ctx : io_)
+      workers.emplace_back([&c = *ctx] { c.run(); });
+
+    spdlog::info("sbx proxy listening on {} ({} threads, state in {}, {} rules)",
+                 state_.listen_address, threads_, opt_.state_dir.string(),
+                 state_.rules.load()->rules().size());
+    control_ctx_.run();  // returns once shutdown has drained the sessions
+
+    for (auto& g : guards)
+      g.reset();
+    for (auto& ctx : io_)
+      ctx->stop();
+    for (auto& t : workers)
+      t.join();
+    log_.stop();
+    spdlog::info("sbx proxy stopped; {} decisions written", log_.rows_written());
+    return 0;
+  }
+
+ private:
+  asio::awaitable<void> accept_loop() {
+    std::size_t next = 0;
+    while (acceptor_->is_open()) {
+      auto& target = *io_[next++ % io_.size()];
+      auto [ec, socket] = co_await acceptor_->async_accept(target.get_executor(), use_nothrow);
+      if (ec) {
+        if (!acceptor_->is_open()) co_return;
+        if (ec == asio::error::no_descriptors || ec == asio::error::no_buffer_space) {
+          // Out of file descriptors: back off instead of spinning on accept.
+          spdlog::warn("accept failed: {}; pausing accepts for 100 ms", ec.message());
+          asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::milliseconds(100));
+          co_await t.async_wait(use_nothrow);
+        }
+        continue;
+      }
+      const auto cap = state_.settings.load()->lim.max_connections;
+      if (state_.counters.active_connections.load(std::memory_order_relaxed) >=
+          static_cast<std::int64_t>(cap)) {
+        metrics::add(state_.counters.connection_limit_rejections);
+        static constexpr std::string_view busy =
+            "HTTP/1.1 503 Service Unavailable\r\nX-Proxy-Error: connection-limit\r\n"
+            "Content-Type: text/plain\r\nContent-Length: 45\r\nConnection: close\r\n\r\n"
+            "sbx-proxy: too many connections; retry later\n";
+        error_code ignored;
+        socket.non_blocking(true, ignored);
+        socket.write_some(asio::buffer(busy), ignored);
+        socket.close(ignored);
+        continue;
+      }
+      spawn_session(std::move(socket), state_);
+    }
+  }
+
+  void wait_signal() {
+    signals_.async_wait([this](error_code ec, int sig) {
+      if (ec) return;
+      if (sig == SIGHUP) {
+        reload("SIGHUP");
+        wait_signal();
+        return;
+      }
+      spdlog::info("{} received: draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+      begin_shutdown();
+    });
+  }
+
+  void begin_shutdown() {
+    if (shutting_down_) return;
+    shutting_down_ = true;
+    state_.draining = true;
+    asio::post(*io_.front(), [this] {
+      error_code ignored;
+      acceptor_->close(ignored);
+    });
+    for (auto& ctx : io_)
+      asio::post(*ctx, [] { drain_sessions_on_this_thread(); });
+    shutdown_deadline_ = clock::now() + state_.settings.load()->lim.shutdown_grace;
+    wait_for_drain();
+  }
+
+  void wait_for_drain() {
+    if (state_.counters.active_connections.load() == 0) return finish_shutdown();
+    if (clock::now() >= shutdown_deadline_) {
+      if (!forced_) {
+        forced_ = true;
+        spdlog::warn("grace period over: closing {} connections",
+                     state_.counters.active_connections.load());
+        for (auto& ctx : io_)
+          asio::post(*ctx, [] { force_close_sessions_on_this_thread(); });
+        shutdown_deadline_ = clock::now() + std::chrono::seconds(2);
+      } else {
+        return finish_shutdown();
+      }
+    }
+    drain_timer_.expires_after(std::chrono::milliseconds(20));
+    drain_timer_.async_wait([this](error_code ec) {
+      if (!ec) wait_for_drain();
+    });
+  }
+
+  void finish_shutdown() {
+    signals_.cancel();
+    poll_timer_.cancel();
+    control_->stop();
+  }
+
+  void schedule_poll() {
+    poll_timer_.expires_after(rules_poll_interval);
+    poll_timer_.async_wait([this](error_code ec) {
+      if (ec || shutting_down_) return;
+      try {
+        if (db_.rules_version() != rules_version_) reload_rules();
+      } catch (const std::exception& e) {
+        spdlog::error("cannot read rules ({}); keeping the rules in force", e.what());
+      }
+      schedule_poll();
+    });
+  }
+
+  void reload_rules() {
+    const auto version = db_.rules_version();
+    auto rules = std::make_shared<const policy::rule_set>(db_.load_rules());
+    auto sandboxes = load_sandboxes(db_);
+    state_.rules.store(rules);
+    state_.sandboxes.store(sandboxes);
+    rules_version_ = version;
+    spdlog::info("rules reloaded: {} rules, {} sandboxes", rules->rules().size(),
+                 sandboxes->token_hashes.size());
+  }
+
+  json reload(std::string_view why) {
+    json out{{"ok", true}};
+    try {
+      auto fresh = config::load(opt_.config_file);
+      if (fresh.listen != state_.settings.load()->listen) {
+        spdlog::warn("config reload: a new listen address takes effect after a restart");
+      }
+      fresh.listen = state_.settings.load()->listen;
+      state_.settings.store(std::make_shared<const config::settings>(std::move(fresh)));
+    } catch (const std::exception& e) {
+      spdlog::error("config reload ({}) failed, keeping the current config: {}", why, e.what());
+      out = json{{"ok", false}, {"error", e.what()}};
+    }
+    try {
+      reload_rules();
+    } catch (const std::exception& e) {
+      spdlog::error("rule reload ({}) failed, keeping the rules in force: {}", why, e.what());
+      out = json{{"ok", false}, {"error", e.what()}};
+    }
+    out["rules"] = state_.rules.load()->rules().size();
+    return out;
+  }
+
+  json status_json() {
+    const auto& c = state_.counters;
+    return json{
+        {"running", true},
+        {"version", version_text},
+        {"pid", ::getpid()},
+        {"listen", state_.listen_address},
+        {"uptime_s",
+         std::chrono::duration_cast<std::chrono::seconds>(clock::now() - state_.started).count()},
+        {"threads", threads_},
+        {"state_dir", opt_.state_dir.string()},
+        {"rules", state_.rules.load()->rules().size()},
+        {"active_connections", c.active_connections.load()},
+        {"active_tunnels", c.active_tunnels.load()},
+        {"connections_total", c.connections_total.load()},
+        {"requests_total", c.requests_total.load()},
+        {"decisions_allow", c.decisions_allow.load()},
+        {"decisions_deny", c.decisions_deny.load()},
+        {"bytes_up", c.bytes_up.load()},
+        {"bytes_down", c.bytes_down.load()},
+        {"log_queue_depth", log_.queue_depth()},
+        {"log_rows_written", log_.rows_written()},
+        {"peak_rss_kib", peak_rss_kib()},
+    };
+  }
+
+  std::string metrics_text() {
+    const auto& c = state_.counters;
+    std::string out;
+    auto metric = [&](std::string_view name, std::string_view type, std::string_view help,
+                      std::initializer_list<std::pair<std::string_view, double>> samples) {
+      out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+      for (auto& [labels, v] : samples) {
+        out += labels.empty() ? fmt::format("{} {}\n", name, v)
+                              : fmt::format("{}{{{}}} {}\n", name, labels, v);
+      }
+    };
+    auto d = [](const auto& a) { return static_cast<double>(a.load(std::memory_order_relaxed)); };
+    metric("sbx_requests_total", "counter", "Requests received, CONNECT included.",
+           {{"", d(c.requests_total)}});
+    metric(
+        "sbx_decisions_total", "counter", "Policy decisions by outcome.",
+        {{"decision=\"allow\"", d(c.decisions_allow)}, {"decision=\"deny\"", d(c.decisions_deny)}});
+    metric("sbx_routes_total", "counter", "Allowed requests by route.",
+           {{"route=\"forward\"", d(c.routes_forward)},
+            {"route=\"tunnel\"", d(c.routes_tunnel)},
+            {"route=\"intercept\"", d(c.routes_intercept)}});
+    metric("sbx_connections_total", "counter", "Client connections accepted.",
+           {{"", d(c.connections_total)}});
+    metric("sbx_active_connections", "gauge", "Client connections open now.",
+           {{"", d(c.active_connections)}});
+    metric("sbx_active_tunnels", "gauge", "CONNECT tunnels open now.", {{"", d(c.active_tunnels)}});
+    metric("sbx_bytes_total", "counter", "Bytes relayed.",
+           {{"direction=\"up\"", d(c.bytes_up)}, {"direction=\"down\"", d(c.bytes_down)}});
+    metric("sbx_errors_total", "counter", "Requests refused or failed, by kind.",
+           {{"kind=\"bad_request\"", d(c.bad_requests)},
+            {"kind=\"auth\"", d(c.auth_failures)},
+            {"kind=\"upstream\"", d(c.upstream_errors)},
+            {"kind=\"connection_limit\"", d(c.connection_limit_rejections)}});
+    metric("sbx_credentials_total", "counter", "Credential injections, by outcome.",
+           {{"outcome=\"injected\"", d(c.credentials_injected)},
+            {"outcome=\"missing\"", d(c.credentials_missing)}});
+    metric("sbx_log_queue_depth", "gauge", "Decision rows waiting to be written.",
+           {{"", static_cast<double>(log_.queue_depth())}});
+    metric("sbx_log_rows_written_total", "counter", "Decision rows committed to policy.db.",
+           {{"", static_cast<double>(log_.rows_written())}});
+    metric("sbx_log_write_errors_total", "counter", "Failed decision-log transactions (retried).",
+           {{"", static_cast<double>(log_.write_errors())}});
+    metric("sbx_uptime_seconds", "gauge", "Seconds since start.",
+           {{"", std::chrono::duration<double>(clock::now() - state_.started).count()}});
+    metric("sbx_peak_rss_bytes", "gauge", "Peak resident memory.",
+           {{"", static_cast<double>(peak_rss_kib()) * 1024}});
+    return out;
+  }
+
+  json decisions_json(std::string_view target) {
+    auto q = query_params(target);
+    store::decision_filter f;
+    if (q.contains("sandbox")) f.sandbox = q["sandbox"];
+    if (q.contains("since") && !q["since"].empty()) f.since = store::parse_since(q["since"]);
+    if (q.contains("host") && !q["host"].empty()) f.host_pattern = q["host"];
+    if (q.contains("decision") && !q["decision"].empty()) f.decision = q["decision"];
+    if (q.contains("blocked")) f.decision = "deny";
+    if (q.contains("allowed")) f.decision = "allow";
+    if (q.contains("after_id")) f.after_id = std::stoll(q["after_id"]);
+    f.limit = q.contains("limit") ? std::stoll(q["limit"]) : 100;
+    json rows = json::array();
+    for (const auto& r : db_.query_decisions(f))
+      rows.push_back(row_json(r));
+    return rows;
+  }
+
+  control_reply handle_control(std::string_view method, std::string_view target,
+                               std::string_view /*body*/) {
+    const auto path = target.substr(0, target.find('?'));
+    if (method == "GET" && path == "/v1/status")
+      return {200, "application/json", status_json().dump()};
+    if (method == "POST" && path == "/v1/reload")
+      return {200, "application/json", reload("control socket").dump()};
+    if (method == "GET" && path == "/v1/decisions") {
+      log_.flush();  // a reader asking now expects what happened until now
+      try {
+        return {200, "application/json", decisions_json(target).dump()};
+      } catch (const std::exception& e) {
+        return {400, "application/json", json{{"error", e.what()}}.dump()};
+      }
+    }
+    if (method == "GET" && path == "/metrics") {
+      return {200, "text/plain; version=0.0.4", metrics_text()};
+    }
+    return {404, "application/json",
+            json{{"error", "unknown endpoint"},
+                 {"endpoints",
+                  {"GET /v1/status", "POST /v1/reload", "GET /v1/decisions", "GET /metrics"}}}
+                .dump()};
+  }
+
+  run_options opt_;
+  unsigned threads_;
+  std::vector<std::unique_ptr<asio::io_context>> io_;
+  std::optional<tcp::acceptor> acceptor_;
+  store::state_db db_;  // used only on the control thread
+  store::decision_log log_;
+  proxy_state state_;
+  asio::io_context control_ctx_{1};
+  asio::signal_set signals_;
+  asio::steady_timer poll_timer_;
+  asio::steady_timer drain_timer_;
+  std::optional<control_server> control_;
+  std::int64_t rules_version_ = 0;
+  bool shutting_down_ = false;
+  bool forced_ = false;
+  clock::time_point shutdown_deadline_;
+};
+
+}  // namespace
+
+int run_proxy(const run_options& options) {
+  setup_logging();
+  // SIGTERM/SIGINT/SIGHUP go to asio::signal_set on the control thread. SIGPIPE is ignored: a
+  // peer closing mid-write is an error code on the data path, not a reason to die.
+  std::signal(SIGPIPE, SIG_IGN);
+  runtime rt(options);
+  return rt.run();
+}
+
+}  // namespace sbx::proxy
