@@ -1,5 +1,6 @@
 #include "proxy/server.hpp"
 
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 #include <csignal>
@@ -11,8 +12,13 @@
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 
+#include "certs/authority.hpp"
+#include "certs/tls_contexts.hpp"
+#include "keychain/secret_store.hpp"
 #include "policy/store/state_db.hpp"
 #include "proxy/detail/control_server.hpp"
+#include "proxy/detail/credentials.hpp"
+#include "proxy/detail/intercept.hpp"
 #include "proxy/detail/session.hpp"
 #include "proxy/http_checks.hpp"
 
@@ -24,6 +30,9 @@ using json = nlohmann::json;
 using clock = std::chrono::steady_clock;
 
 constexpr auto rules_poll_interval = std::chrono::milliseconds(250);
+// Secrets changed by the CLI arrive by notify at once; this catches edits made with other tools
+// (secret-tool, Seahorse) within a few seconds.
+constexpr int secrets_poll_every = 40;  // rule polls, i.e. 10 s
 constexpr std::string_view version_text = "0.1.0";
 
 void setup_logging() {
@@ -137,6 +146,15 @@ class runtime {
     rules_version_ = db_.rules_version();
     state_.rules.store(std::make_shared<const policy::rule_set>(db_.load_rules()));
     state_.sandboxes.store(load_sandboxes(db_));
+
+    server_tls_ = std::make_shared<certs::server_tls_context>(
+        certs::certificate_authority::load_or_create(opt.state_dir));
+    upstream_tls_ = std::make_shared<certs::upstream_tls_context>(
+        std::filesystem::path(opt.settings.upstream_ca_file));
+    credentials_ = std::make_shared<credential_cache>(opt.secrets);
+    refresh_secrets("start");
+    intercept_.emplace(server_tls_, upstream_tls_, credentials_);
+    state_.intercept = &*intercept_;
 
     const auto ep = parse_listen(opt.settings.listen);
     state_.require_auth = !ep.address().is_loopback() && !opt.allow_anonymous;
@@ -287,6 +305,7 @@ class runtime {
       } catch (const std::exception& e) {
         spdlog::error("cannot read rules ({}); keeping the rules in force", e.what());
       }
+      if (++polls_ % secrets_poll_every == 0) refresh_secrets("poll");
       schedule_poll();
     });
   }
@@ -300,6 +319,22 @@ class runtime {
     rules_version_ = version;
     spdlog::info("rules reloaded: {} rules, {} sandboxes", rules->rules().size(),
                  sandboxes->token_hashes.size());
+  }
+
+  // Blocking (D-Bus or disk): runs on the control thread only.
+  json refresh_secrets(std::string_view why) {
+    try {
+      const auto before = credentials_->size();
+      credentials_->refresh();
+      if (why != "poll" || before != credentials_->size()) {
+        spdlog::info("credentials loaded from the {} store: {} secrets ({})",
+                     credentials_->store_kind(), credentials_->size(), why);
+      }
+      return json{{"ok", true}, {"secrets", credentials_->size()}};
+    } catch (const std::exception& e) {
+      spdlog::error("cannot read secrets ({}); keeping the ones loaded before: {}", why, e.what());
+      return json{{"ok", false}, {"error", e.what()}};
+    }
   }
 
   json reload(std::string_view why) {
@@ -348,6 +383,15 @@ class runtime {
         {"log_queue_depth", log_.queue_depth()},
         {"log_rows_written", log_.rows_written()},
         {"peak_rss_kib", peak_rss_kib()},
+        {"keychain", std::string(credentials_->store_kind())},
+        {"secrets", credentials_->size()},
+        {"ca_fingerprint", server_tls_->authority()->fingerprint_sha256()},
+        {"leaf_mints", server_tls_->leaves().mints()},
+        {"leaf_cache_hits", server_tls_->leaves().hits()},
+        {"credentials_injected", c.credentials_injected.load()},
+        {"routes_intercept", c.routes_intercept.load()},
+        {"routes_tunnel", c.routes_tunnel.load()},
+        {"routes_forward", c.routes_forward.load()},
     };
   }
 
@@ -432,13 +476,27 @@ class runtime {
         return {400, "application/json", json{{"error", e.what()}}.dump()};
       }
     }
+    if (method == "POST" && path == "/v1/secrets/changed") {
+      return {200, "application/json", refresh_secrets("changed by the CLI").dump()};
+    }
+    if (method == "POST" && path == "/v1/ca/rotated") {
+      try {
+        server_tls_->rotate(certs::certificate_authority::load(opt_.state_dir));
+        spdlog::info("CA rotated: {}", server_tls_->authority()->fingerprint_sha256());
+        return {200, "application/json",
+                json{{"ok", true}, {"fingerprint", server_tls_->authority()->fingerprint_sha256()}}.dump()};
+      } catch (const std::exception& e) {
+        return {500, "application/json", json{{"ok", false}, {"error", e.what()}}.dump()};
+      }
+    }
     if (method == "GET" && path == "/metrics") {
       return {200, "text/plain; version=0.0.4", metrics_text()};
     }
     return {404, "application/json",
             json{{"error", "unknown endpoint"},
                  {"endpoints",
-                  {"GET /v1/status", "POST /v1/reload", "GET /v1/decisions", "GET /metrics"}}}
+                  {"GET /v1/status", "POST /v1/reload", "GET /v1/decisions", "GET /metrics",
+                                "POST /v1/secrets/changed", "POST /v1/ca/rotated"}}}
                 .dump()};
   }
 
@@ -454,6 +512,11 @@ class runtime {
   asio::steady_timer poll_timer_;
   asio::steady_timer drain_timer_;
   std::optional<control_server> control_;
+  std::shared_ptr<certs::server_tls_context> server_tls_;
+  std::shared_ptr<certs::upstream_tls_context> upstream_tls_;
+  std::shared_ptr<credential_cache> credentials_;
+  std::optional<interception> intercept_;
+  std::uint64_t polls_ = 0;
   std::int64_t rules_version_ = 0;
   bool shutting_down_ = false;
   bool forced_ = false;
@@ -467,6 +530,11 @@ int run_proxy(const run_options& options) {
   // SIGTERM/SIGINT/SIGHUP go to asio::signal_set on the control thread. SIGPIPE is ignored: a
   // peer closing mid-write is an error code on the data path, not a reason to die.
   std::signal(SIGPIPE, SIG_IGN);
+  // The process holds API keys in memory: no core dumps, and no ptrace attach by other processes
+  // of the same user.
+  const rlimit no_core{0, 0};
+  setrlimit(RLIMIT_CORE, &no_core);
+  prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
   runtime rt(options);
   return rt.run();
 }

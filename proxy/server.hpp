@@ -4,10 +4,15 @@
 #pragma once
 
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
 
 #include "config/config.hpp"
+
+namespace sbx::keychain {
+class secret_store;
+}
 
 namespace sbx::proxy {
 
@@ -18,6 +23,8 @@ struct run_options {
   std::optional<std::filesystem::path> config_file;
   bool allow_anonymous = false;  // permit a non-loopback listen address without sandbox tokens
   unsigned threads = 0;          // 0 = one io_context per core
+  // Where credentials come from; null = no injection (every CONNECT without rules is a tunnel).
+  std::shared_ptr<keychain::secret_store> secrets;
 };
 
 // Blocks until SIGTERM/SIGINT, then drains and returns the process exit code (0 on a clean stop).

@@ -7,6 +7,8 @@
 #include <spdlog/spdlog.h>
 
 #include "policy/store/sandbox_token.hpp"
+#include "proxy/detail/intercept.hpp"
+#include "proxy/detail/request_head.hpp"
 #include "proxy/detail/upstream.hpp"
 
 namespace sbx::proxy::detail {
@@ -205,56 +207,6 @@ asio::awaitable<void> client_session::lingering_close() {
   draining_ = true;
 }
 
-asio::awaitable<client_session::head_result> client_session::read_head(std::size_t& head_len,
-                                                                       std::string& reason) {
-  const auto& lim = cfg_->lim;
-  std::optional<clock::time_point> deadline;
-  std::size_t scanned = 0;
-  for (;;) {
-    // RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request-line.
-    while (buf_.size() >= 2) {
-      auto d = static_cast<const char*>(buf_.data().data());
-      if (d[0] == '\r' && d[1] == '\n') {
-        buf_.consume(2);
-        scanned = 0;
-      } else {
-        break;
-      }
-    }
-    std::string_view data(static_cast<const char*>(buf_.data().data()), buf_.size());
-    const auto from = scanned > 3 ? scanned - 3 : 0;
-    if (auto end = data.find("\r\n\r\n", from); end != std::string_view::npos) {
-      head_len = end + 4;
-      if (head_len > lim.max_header_bytes) co_return head_result::too_large;
-      co_return head_result::ok;
-    }
-    if (buf_.size() > lim.max_header_bytes) co_return head_result::too_large;
-    scanned = buf_.size();
-
-    if (buf_.size() == 0 && !deadline) {
-      idle_ = true;
-      client_.expires_after(lim.idle_timeout);
-    } else {
-      if (!deadline) deadline = clock::now() + lim.header_timeout;
-      client_.expires_at(*deadline);
-    }
-    if (draining_ && idle_) co_return head_result::closed;
-    const auto room = std::min<std::size_t>(16 * 1024, lim.max_header_bytes + 4 - buf_.size());
-    auto [ec, n] = co_await client_.async_read_some(buf_.prepare(room), use_nothrow);
-    idle_ = false;
-    buf_.commit(n);
-    if (ec) {
-      if (buf_.size() == 0) co_return head_result::closed;  // EOF, idle timeout, or drain
-      if (ec == beast::error::timeout) {
-        reason = "request header not received in time";
-        co_return head_result::timeout;
-      }
-      co_return head_result::closed;
-    }
-    if (n > 0 && !deadline) deadline = clock::now() + lim.header_timeout;
-  }
-}
-
 client_session::auth_result client_session::authenticate(std::string_view value,
                                                          std::string& sandbox) const {
   static constexpr std::string_view scheme = "basic ";
@@ -294,17 +246,7 @@ bool client_session::claim_identity(const std::string& sandbox) {
 asio::awaitable<void> client_session::reply_error(unsigned version, int status,
                                                   std::string_view code, std::string_view text,
                                                   bool keep_alive, row_builder& row) {
-  http::response<http::string_body> res{static_cast<http::status>(status),
-                                        version < 10 ? 11u : version};
-  res.set(http::field::server, "sbx-proxy");
-  res.set("X-Proxy-Error", code);
-  res.set(http::field::content_type, "text/plain; charset=utf-8");
-  res.set(http::field::cache_control, "no-store");
-  if (status == 407) res.set(http::field::proxy_authenticate, "Basic realm=\"sbx-proxy\"");
-  res.body() = std::string(text);
-  res.body() += '\n';
-  res.keep_alive(keep_alive && !draining_);
-  res.prepare_payload();
+  auto res = make_proxy_error(version, status, code, text, keep_alive && !draining_);
   client_.expires_after(cfg_->lim.idle_timeout);
   auto [ec, n] = co_await http::async_write(client_, res, use_nothrow);
   row.row.bytes_down += static_cast<std::int64_t>(n);
@@ -317,8 +259,7 @@ asio::awaitable<bool> client_session::serve_one() {
   cfg_ = st_.settings.load();
   const auto& lim = cfg_->lim;
   std::size_t head_len = 0;
-  std::string reason;
-  const auto hr = co_await read_head(head_len, reason);
+  const auto hr = co_await read_request_head(client_, buf_, lim, idle_, draining_, head_len);
   if (hr == head_result::closed) co_return false;
 
   row_builder row(st_, client_addr_, identity_.value_or(std::string{}));
@@ -331,7 +272,8 @@ asio::awaitable<bool> client_session::serve_one() {
                                        lim.max_header_bytes),
                            false, row);
     } else {
-      co_await reply_error(11, 408, "bad-request", "sbx-proxy: " + reason, false, row);
+      co_await reply_error(11, 408, "bad-request",
+                           "sbx-proxy: request header not received in time", false, row);
     }
     co_return false;
   }
@@ -340,44 +282,14 @@ asio::awaitable<bool> client_session::serve_one() {
   if (auto sp = head.find(' '); sp != std::string_view::npos && sp < 32) {
     row.row.method = std::string(head.substr(0, sp));
   }
-  auto bad_request = [&](std::string why) -> asio::awaitable<bool> {
+  request_parser p;
+  if (auto why = parse_request_head(buf_, head_len, lim.max_header_bytes, p); !why.empty()) {
     metrics::add(st_.counters.bad_requests);
     co_await reply_error(11, 400, "bad-request", "sbx-proxy: bad request: " + why, false, row);
     co_return false;
-  };
-
-  if (auto why = check_raw_head(head); !why.empty()) co_return co_await bad_request(why);
-
-  request_parser p;
-  p.header_limit(static_cast<std::uint32_t>(lim.max_header_bytes + 4));
-  p.body_limit(boost::none);  // bodies are streamed, never held: no reason to cap them here
-  error_code ec;
-  const auto used = p.put(asio::buffer(buf_.data().data(), head_len), ec);
-  if (ec || !p.is_header_done() || used != head_len) {
-    co_return co_await bad_request(ec ? ec.message() : "incomplete request head");
   }
-  buf_.consume(head_len);
   auto& req = p.get();
   row.row.method = std::string(sv(req.method_string()));
-
-  // Message framing checks beyond Beast's (RFC 9112 §6): anything that lets two parsers disagree
-  // about where this request ends is refused, since that is how request smuggling works.
-  const auto cl_count = req.count(http::field::content_length);
-  const auto te_count = req.count(http::field::transfer_encoding);
-  if (cl_count > 1 ||
-      (cl_count == 1 && sv(req[http::field::content_length]).find(',') != std::string_view::npos)) {
-    co_return co_await bad_request("duplicate Content-Length");
-  }
-  if (cl_count > 0 && te_count > 0) {
-    co_return co_await bad_request("both Content-Length and Transfer-Encoding");
-  }
-  if (te_count > 0 && !p.chunked()) {
-    co_return co_await bad_request("Transfer-Encoding must end with chunked (RFC 9112 §6.3)");
-  }
-  if (req.count(http::field::host) > 1) co_return co_await bad_request("more than one Host header");
-  if (req.version() != 10 && req.version() != 11) {
-    co_return co_await bad_request("only HTTP/1.0 and HTTP/1.1 are supported");
-  }
 
   metrics::add(st_.counters.requests_total);
 
@@ -453,6 +365,21 @@ asio::awaitable<bool> client_session::handle_connect(request_parser& p, row_buil
                          refusal_text(up, where->host, where->port, row.row.sandbox),
                          req.keep_alive(), row);
     co_return req.keep_alive() && !draining_;
+  }
+
+  // Interception (credential injection, per-request rules) when it applies; else a blind tunnel.
+  if (st_.intercept) {
+    auto plan = st_.intercept->plan(*rules, *cfg_, row.row.sandbox, where->host, where->port);
+    if (plan.intercept) {
+      co_await st_.intercept->run(intercept_request{st_, cfg_, client_, buf_, std::move(up),
+                                                    *where, row, std::move(plan), client_addr_,
+                                                    idle_, draining_});
+      co_return false;
+    }
+    if (plan.service) {
+      row.row.reason += fmt::format("; no {} secret stored, tunnelled without injection",
+                                    plan.service->name);
+    }
   }
 
   metrics::add(st_.counters.routes_tunnel);

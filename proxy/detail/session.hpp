@@ -44,10 +44,8 @@ class client_session {
   void force_close();
 
  private:
-  enum class head_result { ok, closed, too_large, bad, timeout };
   enum class auth_result { anonymous, sandbox, bad };
 
-  asio::awaitable<head_result> read_head(std::size_t& head_len, std::string& reason);
   asio::awaitable<bool> serve_one();
   asio::awaitable<bool> handle_connect(request_parser& p, row_builder& row);
   asio::awaitable<bool> handle_forward(request_parser& p, row_builder& row);

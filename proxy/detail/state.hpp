@@ -42,6 +42,8 @@ class connection_limiter {
   std::unordered_map<std::string, std::size_t> counts_;
 };
 
+class interception;  // proxy/detail/intercept.hpp
+
 struct proxy_state {
   std::atomic<std::shared_ptr<const config::settings>> settings;
   std::atomic<std::shared_ptr<const policy::rule_set>> rules;
@@ -53,6 +55,7 @@ struct proxy_state {
   std::atomic<bool> draining{false};
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   std::string listen_address;
+  interception* intercept = nullptr;  // null: every allowed CONNECT is a blind tunnel
 };
 
 }  // namespace sbx::proxy::detail

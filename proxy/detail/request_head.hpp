@@ -1,0 +1,78 @@
+// Reading and checking one request head (request line + fields), shared by the plain client
+// connection and requests inside an intercepted TLS session.
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <string>
+
+#include "config/config.hpp"
+#include "proxy/detail/exchange.hpp"
+#include "proxy/detail/net.hpp"
+
+namespace sbx::proxy::detail {
+
+enum class head_result { ok, closed, too_large, timeout };
+
+// Reads until `buf` holds a complete head (ending in an empty line), with two deadlines: the
+// keep-alive idle timeout until the first byte, then header_timeout for the whole head (so a
+// client trickling bytes cannot hold a connection forever). `idle` is true while waiting for the
+// first byte; a `draining` session stops waiting. On ok, head_len is the head's size in buf.
+template <class Stream>
+asio::awaitable<head_result> read_request_head(Stream& stream, beast::flat_buffer& buf,
+                                               const config::limits& lim, bool& idle,
+                                               const bool& draining, std::size_t& head_len) {
+  using clock = std::chrono::steady_clock;
+  std::optional<clock::time_point> deadline;
+  std::size_t scanned = 0;
+  for (;;) {
+    // RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request-line.
+    while (buf.size() >= 2) {
+      auto d = static_cast<const char*>(buf.data().data());
+      if (d[0] != '\r' || d[1] != '\n') break;
+      buf.consume(2);
+      scanned = 0;
+    }
+    std::string_view data(static_cast<const char*>(buf.data().data()), buf.size());
+    if (auto end = data.find("\r\n\r\n", scanned > 3 ? scanned - 3 : 0);
+        end != std::string_view::npos) {
+      head_len = end + 4;
+      co_return head_len > lim.max_header_bytes ? head_result::too_large : head_result::ok;
+    }
+    if (buf.size() > lim.max_header_bytes) co_return head_result::too_large;
+    scanned = buf.size();
+
+    auto& lowest = beast::get_lowest_layer(stream);
+    if (buf.size() == 0 && !deadline) {
+      if (draining) co_return head_result::closed;
+      idle = true;
+      lowest.expires_after(lim.idle_timeout);
+    } else {
+      if (!deadline) deadline = clock::now() + lim.header_timeout;
+      lowest.expires_at(*deadline);
+    }
+    const auto room = std::min<std::size_t>(16 * 1024, lim.max_header_bytes + 4 - buf.size());
+    auto [ec, n] = co_await stream.async_read_some(buf.prepare(room), use_nothrow);
+    idle = false;
+    buf.commit(n);
+    if (ec) {
+      if (buf.size() == 0) co_return head_result::closed;  // EOF, idle timeout, or drain
+      co_return ec == beast::error::timeout ? head_result::timeout : head_result::closed;
+    }
+    if (n > 0 && !deadline) deadline = clock::now() + lim.header_timeout;
+  }
+}
+
+// A response the proxy makes itself: X-Proxy-Error carries the stable machine-readable code, the
+// body says why and what to do.
+[[nodiscard]] http::response<http::string_body> make_proxy_error(unsigned version, int status,
+                                                                 std::string_view code,
+                                                                 std::string_view text,
+                                                                 bool keep_alive);
+
+// Checks the raw head in buf[0, head_len), parses it into `p`, consumes it from `buf`, and applies
+// the framing checks Beast leaves to applications. Returns the reason for a 400, empty if fine.
+[[nodiscard]] std::string parse_request_head(beast::flat_buffer& buf, std::size_t head_len,
+                                             std::size_t max_header_bytes, request_parser& p);
+
+}  // namespace sbx::proxy::detail
