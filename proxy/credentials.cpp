@@ -17,7 +17,8 @@ header_form split_form(std::string_view form) {
   header_form f;
   f.name = form.substr(0, colon);
   auto value = form.substr(colon + 1);
-  while (!value.empty() && value.front() == ' ') value.remove_prefix(1);
+  while (!value.empty() && value.front() == ' ')
+    value.remove_prefix(1);
   const auto at = value.find("{secret}");
   f.prefix = value.substr(0, at);
   f.suffix = value.substr(at + 8);
@@ -72,14 +73,16 @@ std::shared_ptr<const keychain::secret> credential_cache::find(std::string_view 
   return {snap, s};  // aliasing: keeps the snapshot alive while the secret is in use
 }
 
-std::size_t credential_cache::size() const { return current_.load()->secrets.size(); }
+std::size_t credential_cache::size() const {
+  return current_.load()->secrets.size();
+}
 
 std::string_view credential_cache::store_kind() const {
   return store_ ? store_->kind() : std::string_view("none");
 }
 
-injection_outcome inject_credential(boost::beast::http::fields& fields,
-                                    const config::service& svc, const keychain::secret& secret) {
+injection_outcome inject_credential(boost::beast::http::fields& fields, const config::service& svc,
+                                    const keychain::secret& secret) {
   injection_outcome out;
   out.status = injection_status::injected;
   for (const auto& form_text : svc.headers) {

@@ -3,9 +3,9 @@
 #include <openssl/ssl.h>
 #include <openssl/x509_vfy.h>
 
-#include <boost/beast/ssl/ssl_stream.hpp>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+#include <boost/beast/ssl/ssl_stream.hpp>
 
 #include "proxy/detail/exchange.hpp"
 #include "proxy/detail/request_head.hpp"
@@ -17,7 +17,9 @@ using namespace asio::experimental::awaitable_operators;
 using client_tls = beast::ssl_stream<beast::tcp_stream&>;
 using upstream_tls = beast::ssl_stream<beast::tcp_stream>;
 
-std::string_view sv(beast::string_view s) { return {s.data(), s.size()}; }
+std::string_view sv(beast::string_view s) {
+  return {s.data(), s.size()};
+}
 
 std::string ssl_error_text(const error_code& ec) {
   // ERR strings name the failing step ("certificate verify failed", "tlsv1 alert unknown ca");
@@ -55,7 +57,7 @@ intercept_plan interception::plan(const policy::rule_set& rules, const config::s
   return p;
 }
 
-asio::awaitable<void> interception::run(intercept_request r) {
+asio::awaitable<void> interception::run(intercept_request& r) {
   auto& st = r.st;
   const auto& cfg = *r.cfg;
   const auto& lim = cfg.lim;
@@ -120,8 +122,8 @@ asio::awaitable<void> interception::run(intercept_request r) {
                                      certs::verify_error_text(upstream->native_handle()));
     } else {
       upstream_failure_code = "upstream-unreachable";
-      upstream_failure =
-          fmt::format("TLS handshake with {} failed: {}", r.where.host, ssl_error_text(upstream_ec));
+      upstream_failure = fmt::format("TLS handshake with {} failed: {}", r.where.host,
+                                     ssl_error_text(upstream_ec));
     }
     spdlog::warn("intercept {}:{}: {}", r.where.host, r.where.port, upstream_failure);
     metrics::add(st.counters.upstream_errors);
@@ -190,10 +192,10 @@ asio::awaitable<void> interception::run(intercept_request r) {
       origin_form = abs->origin_form;
     } else {
       metrics::add(st.counters.bad_requests);
-      co_await reply(row, req.version(), 400, "bad-request",
-                     fmt::format("sbx-proxy: bad request: target \"{}\" is not on {}", target,
-                                 r.where.text()),
-                     false);
+      co_await reply(
+          row, req.version(), 400, "bad-request",
+          fmt::format("sbx-proxy: bad request: target \"{}\" is not on {}", target, r.where.text()),
+          false);
       break;
     }
     const auto raw_path = std::string_view(origin_form).substr(0, origin_form.find('?'));
@@ -259,9 +261,9 @@ asio::awaitable<void> interception::run(intercept_request r) {
         metrics::add(st.counters.credentials_injected);
       } else {
         metrics::add(st.counters.credentials_missing);
-        row.row.reason += fmt::format("; no {} secret stored, sent unchanged (sbx secret set{} {})",
-                                      svc->name, sandbox.empty() ? " -g" : " " + sandbox,
-                                      svc->name);
+        row.row.reason +=
+            fmt::format("; no {} secret stored, sent unchanged (sbx secret set{} {})", svc->name,
+                        sandbox.empty() ? " -g" : " " + sandbox, svc->name);
       }
     }
 
@@ -271,9 +273,10 @@ asio::awaitable<void> interception::run(intercept_request r) {
       beast::tcp_stream tcp(client.get_executor());
       tcp.expires_after(lim.connect_timeout);
       const auto addr = r.upstream.address;
-      asio::ip::address ip = addr.v6 ? asio::ip::address(asio::ip::address_v6(addr.bytes))
-                                     : asio::ip::address(asio::ip::address_v4(
-                                           {addr.bytes[0], addr.bytes[1], addr.bytes[2], addr.bytes[3]}));
+      asio::ip::address ip =
+          addr.v6 ? asio::ip::address(asio::ip::address_v6(addr.bytes))
+                  : asio::ip::address(asio::ip::address_v4(
+                        {addr.bytes[0], addr.bytes[1], addr.bytes[2], addr.bytes[3]}));
       auto [cec] = co_await tcp.async_connect(tcp::endpoint(ip, r.where.port), use_nothrow);
       error_code hec = cec;
       if (!cec) {
@@ -285,17 +288,19 @@ asio::awaitable<void> interception::run(intercept_request r) {
           hec = asio::error::invalid_argument;
         } else {
           beast::get_lowest_layer(*upstream).expires_after(lim.connect_timeout);
-          auto [ec] = co_await upstream->async_handshake(asio::ssl::stream_base::client, use_nothrow);
+          auto [ec] =
+              co_await upstream->async_handshake(asio::ssl::stream_base::client, use_nothrow);
           beast::get_lowest_layer(*upstream).expires_never();
           hec = ec;
         }
       }
       if (hec) {
         metrics::add(st.counters.upstream_errors);
-        const bool invalid = upstream && SSL_get_verify_result(upstream->native_handle()) != X509_V_OK;
-        co_await reply(row, req.version(), 502, invalid ? "upstream-tls-invalid" : "upstream-unreachable",
-                       fmt::format("sbx-proxy: cannot reach {}: {}", r.where.text(), hec.message()),
-                       false);
+        const bool invalid =
+            upstream && SSL_get_verify_result(upstream->native_handle()) != X509_V_OK;
+        co_await reply(
+            row, req.version(), 502, invalid ? "upstream-tls-invalid" : "upstream-unreachable",
+            fmt::format("sbx-proxy: cannot reach {}: {}", r.where.text(), hec.message()), false);
         break;
       }
       upstream_alive = true;
@@ -317,8 +322,8 @@ asio::awaitable<void> interception::run(intercept_request r) {
       if (upstream_side) metrics::add(st.counters.upstream_errors);
       if (upstream_side && !x.response_started) {
         const bool timeout = x.fail == failure::upstream_timeout;
-        row.row.reason += timeout ? "; upstream did not respond in time"
-                                  : "; upstream closed the connection";
+        row.row.reason +=
+            timeout ? "; upstream did not respond in time" : "; upstream closed the connection";
         co_await reply(row, req.version(), timeout ? 504 : 502,
                        timeout ? "upstream-timeout" : "upstream-unreachable",
                        fmt::format("sbx-proxy: {} {}", r.where.text(),

@@ -484,7 +484,8 @@ class runtime {
         server_tls_->rotate(certs::certificate_authority::load(opt_.state_dir));
         spdlog::info("CA rotated: {}", server_tls_->authority()->fingerprint_sha256());
         return {200, "application/json",
-                json{{"ok", true}, {"fingerprint", server_tls_->authority()->fingerprint_sha256()}}.dump()};
+                json{{"ok", true}, {"fingerprint", server_tls_->authority()->fingerprint_sha256()}}
+                    .dump()};
       } catch (const std::exception& e) {
         return {500, "application/json", json{{"ok", false}, {"error", e.what()}}.dump()};
       }
@@ -496,7 +497,7 @@ class runtime {
             json{{"error", "unknown endpoint"},
                  {"endpoints",
                   {"GET /v1/status", "POST /v1/reload", "GET /v1/decisions", "GET /metrics",
-                                "POST /v1/secrets/changed", "POST /v1/ca/rotated"}}}
+                   "POST /v1/secrets/changed", "POST /v1/ca/rotated"}}}
                 .dump()};
   }
 

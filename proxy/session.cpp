@@ -272,8 +272,8 @@ asio::awaitable<bool> client_session::serve_one() {
                                        lim.max_header_bytes),
                            false, row);
     } else {
-      co_await reply_error(11, 408, "bad-request",
-                           "sbx-proxy: request header not received in time", false, row);
+      co_await reply_error(11, 408, "bad-request", "sbx-proxy: request header not received in time",
+                           false, row);
     }
     co_return false;
   }
@@ -371,14 +371,17 @@ asio::awaitable<bool> client_session::handle_connect(request_parser& p, row_buil
   if (st_.intercept) {
     auto plan = st_.intercept->plan(*rules, *cfg_, row.row.sandbox, where->host, where->port);
     if (plan.intercept) {
-      co_await st_.intercept->run(intercept_request{st_, cfg_, client_, buf_, std::move(up),
-                                                    *where, row, std::move(plan), client_addr_,
-                                                    idle_, draining_});
+      // A named local passed by reference: GCC 12 destroys a by-value coroutine parameter built
+      // from a temporary aggregate twice.
+      intercept_request request{st_,           cfg_,   client_,  buf_,
+                                std::move(up), *where, row,      std::move(plan),
+                                client_addr_,  idle_,  draining_};
+      co_await st_.intercept->run(request);
       co_return false;
     }
     if (plan.service) {
-      row.row.reason += fmt::format("; no {} secret stored, tunnelled without injection",
-                                    plan.service->name);
+      row.row.reason +=
+          fmt::format("; no {} secret stored, tunnelled without injection", plan.service->name);
     }
   }
 

@@ -735,6 +735,18 @@ void state_db::add_sandbox(std::string_view name, std::string_view token_hash) {
   tx.commit();
 }
 
+bool state_db::replace_token_hash(std::string_view name, std::string_view token_hash) {
+  write_transaction tx(db_, *stmts_, "cannot replace a sandbox token");
+  statement(db_, *stmts_, "UPDATE sandboxes SET token_hash = ? WHERE name = ?")
+      .bind(1, token_hash)
+      .bind(2, name)
+      .run("cannot replace a sandbox token");
+  const bool changed = sqlite3_changes(db_) > 0;
+  if (changed) bump_rules_version(db_, *stmts_);
+  tx.commit();
+  return changed;
+}
+
 bool state_db::remove_sandbox(std::string_view name) {
   write_transaction tx(db_, *stmts_, "cannot remove a sandbox");
   statement(db_, *stmts_, "DELETE FROM sandboxes WHERE name = ?")

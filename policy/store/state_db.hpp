@@ -110,6 +110,8 @@ class state_db {
   // Throws store_error when the name exists.
   void add_sandbox(std::string_view name, std::string_view token_hash);
   bool remove_sandbox(std::string_view name);  // also removes its rules
+  // Issues a new token for an existing sandbox (the old one stops working); false if missing.
+  bool replace_token_hash(std::string_view name, std::string_view token_hash);
   [[nodiscard]] std::vector<sandbox_info> sandboxes();
   [[nodiscard]] std::optional<std::string> token_hash(std::string_view name);
 

@@ -48,7 +48,7 @@ class interception {
   [[nodiscard]] intercept_plan plan(const policy::rule_set& rules, const config::settings& cfg,
                                     std::string_view sandbox, std::string_view host,
                                     std::uint16_t port) const;
-  asio::awaitable<void> run(intercept_request r);
+  asio::awaitable<void> run(intercept_request& r);
 
   [[nodiscard]] credential_cache& credentials() { return *credentials_; }
   [[nodiscard]] certs::server_tls_context& server_context() { return *server_; }

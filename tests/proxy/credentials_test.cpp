@@ -12,7 +12,9 @@ namespace http = boost::beast::http;
 namespace {
 
 config::service anthropic() {
-  return {"anthropic", {"api.anthropic.com"}, {"x-api-key: {secret}", "Authorization: Bearer {secret}"},
+  return {"anthropic",
+          {"api.anthropic.com"},
+          {"x-api-key: {secret}", "Authorization: Bearer {secret}"},
           {"ANTHROPIC_API_KEY"}};
 }
 
@@ -41,7 +43,8 @@ class fake_store : public keychain::secret_store {
                                             std::optional<std::string_view>) override {
     ++lists;
     std::vector<keychain::stored_secret> out;
-    for (auto& [k, v] : values) out.push_back({k.first, k.second, keychain::secret{v}});
+    for (auto& [k, v] : values)
+      out.push_back({k.first, k.second, keychain::secret{v}});
     return out;
   }
   std::string_view kind() const override { return "fake"; }
@@ -88,7 +91,9 @@ TEST_CASE("inject_credential rewrites the form the client sent, in that form") {
     CHECK(f.count(http::field::authorization) == 1);
     CHECK(field(f, "x-api-key") == "sk-ant-real-key-0123456789");
     CHECK(field(f, "authorization") == "Bearer sk-ant-real-key-0123456789");
-    for (auto const& h : f) CHECK(std::string_view(h.value().data(), h.value().size()).find("proxy-managed") == std::string_view::npos);
+    for (auto const& h : f)
+      CHECK(std::string_view(h.value().data(), h.value().size()).find("proxy-managed") ==
+            std::string_view::npos);
   }
   SUBCASE("a real key sent by the client is replaced too") {
     http::fields f;
