@@ -272,8 +272,13 @@ std::string quoted_input(std::string_view text) {
 
 // Creates the file 0600 before SQLite sees it: SQLite would create it 0644, and the -wal/-shm
 // files inherit the database file's mode. An existing file is opened without truncation.
+// Only ever opens a file that does not exist yet: POSIX drops every lock a process holds on a
+// file when it closes ANY descriptor to it, so opening and closing an existing policy.db while this
+// process has SQLite connections to it would silently release SQLite's locks (another reader then
+// checkpoints and deletes the live WAL).
 void create_private_file(const fs::path& file) {
-  int fd = ::open(file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  int fd = ::open(file.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0 && errno == EEXIST) return;
   if (fd < 0) {
     throw store_error(fmt::format("cannot open {}: {}; {}", file.string(), std::strerror(errno),
                                   advice_for(SQLITE_CANTOPEN)));

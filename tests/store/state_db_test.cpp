@@ -526,3 +526,40 @@ TEST_CASE("parse_since refuses anything else and says what it accepts") {
     CHECK(message.find("RFC 3339") != std::string::npos);
   }
 }
+
+TEST_CASE("replace_token_hash issues a new token for an existing sandbox only") {
+  temp_dir dir;
+  auto db = state_db::open(dir.path / "policy.db");
+  db.add_sandbox("dev", "aaaa");
+  const auto before = db.rules_version();
+  CHECK(db.replace_token_hash("dev", "bbbb"));
+  CHECK(db.token_hash("dev") == "bbbb");
+  CHECK(db.rules_version() > before);  // the proxy reloads tokens on this version
+  CHECK_FALSE(db.replace_token_hash("nobody", "cccc"));
+  CHECK_FALSE(db.token_hash("nobody").has_value());
+}
+
+TEST_CASE("opening a second connection keeps the first one's WAL alive for other processes") {
+  // Regression: open() used to open()/close() policy.db, and closing any descriptor drops every
+  // POSIX lock this process holds on the file, SQLite's included. An outside reader (another
+  // process: the sqlite3 CLI here) then believed itself the last connection, checkpointed and
+  // deleted the live WAL, and later writes became invisible until the writer closed.
+  temp_dir dir;
+  const auto file = dir.path / "policy.db";
+  auto writer = state_db::open(file);
+  writer.add_sandbox("dev", "aaaa");
+  auto second = state_db::open(file);
+  const auto count_outside = [&] {
+    const auto cmd = "sqlite3 '" + file.string() + "' 'SELECT count(*) FROM sandboxes'";
+    std::FILE* p = ::popen(cmd.c_str(), "r");
+    REQUIRE(p != nullptr);
+    char buf[32] = {};
+    const bool got = std::fgets(buf, sizeof buf, p) != nullptr;
+    ::pclose(p);
+    return got ? std::atoi(buf) : -1;
+  };
+  CHECK(count_outside() == 1);
+  writer.add_sandbox("ci", "bbbb");
+  CHECK(std::filesystem::exists(dir.path / "policy.db-wal"));
+  CHECK(count_outside() == 2);
+}
