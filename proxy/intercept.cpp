@@ -194,7 +194,8 @@ asio::awaitable<void> interception::run(intercept_request& r) {
       metrics::add(st.counters.bad_requests);
       co_await reply(
           row, req.version(), 400, "bad-request",
-          fmt::format("sbx-proxy: bad request: target \"{}\" is not on {}", target, r.where.text()),
+          fmt::format("sbx-proxy: bad request: target \"{}\" is not on {}",
+                                 target.substr(0, target.find('?')), r.where.text()),
           false);
       break;
     }

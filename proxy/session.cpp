@@ -16,6 +16,9 @@ namespace {
 
 using clock = std::chrono::steady_clock;
 
+// After an error response: how long a client may keep sending before the socket is closed.
+constexpr auto lingering_close_limit = std::chrono::seconds(2);
+
 // Sessions of this thread's io_context (one thread per io_context), for drain and force-close.
 thread_local std::unordered_set<client_session*> live_sessions;
 
@@ -197,8 +200,9 @@ asio::awaitable<void> client_session::lingering_close() {
   client_.socket().shutdown(tcp::socket::shutdown_send, ec);
   std::array<char, 4096> sink{};
   std::size_t drained = 0;
+  const auto deadline = clock::now() + lingering_close_limit;
   while (!ec && drained < 256 * 1024) {
-    client_.expires_after(std::chrono::milliseconds(500));
+    client_.expires_at(deadline);
     auto [rec, n] = co_await client_.async_read_some(asio::buffer(sink), use_nothrow);
     drained += n;
     ec = rec;
@@ -441,7 +445,8 @@ asio::awaitable<bool> client_session::handle_forward(request_parser& p, row_buil
     auto h = parse_authority(host_field, 80);
     if (!h || h->host != tgt->where.host || h->port != tgt->where.port) {
       co_return co_await bad_request(fmt::format(
-          "Host header \"{}\" does not match the request target \"{}\"", host_field, target));
+          "Host header \"{}\" does not match the request target \"{}\"", host_field,
+          target.substr(0, target.find('?'))));  // the query string is never logged
     }
   }
   auto path = policy::normalize_path(tgt->path);
