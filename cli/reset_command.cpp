@@ -13,6 +13,7 @@
 #include <CLI/CLI.hpp>
 
 #include "cli/common.hpp"
+#include "cli/keychain_access.hpp"
 #include "config/config.hpp"
 #include "proxy/control_client.hpp"
 
@@ -60,6 +61,20 @@ int run_reset(const reset_options& opts) {
         control_socket_path(dir).string()));
   }
 
+  // Secrets in the Secret Service are state too (secrets.json is removed with the files below).
+  std::size_t keychain_removed = 0;
+  if (!opts.preserve_secrets) {
+    try {
+      auto keys = open_keychain(dir, /*quiet=*/true);
+      if (keys->kind() == "secret-service") {
+        for (const auto& e : keys->list())
+          keychain_removed += keys->remove(e.scope, e.service);
+      }
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "sbx: warning: could not clear the keychain: {}\n", e.what());
+    }
+  }
+
   std::vector<std::string> removed;
   bool kept_secrets = false;
   for (const auto& entry : std::filesystem::directory_iterator(dir)) {
@@ -87,6 +102,9 @@ int run_reset(const reset_options& opts) {
     fmt::print("Removed from {}: {}.\n", dir.string(), list);
   }
   if (kept_secrets) fmt::print("Kept {} (--preserve-secrets).\n", secrets_file);
+  if (keychain_removed > 0) {
+    fmt::print("Removed {} sbx entries from the Secret Service keychain.\n", keychain_removed);
+  }
   return exit_ok;
 }
 

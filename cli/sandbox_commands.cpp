@@ -48,7 +48,8 @@ int run_add(const std::string& name) {
   // The token itself goes to the keychain, so `sbx sandbox env` can print the proxy URL later.
   bool remembered = false;
   try {
-    open_keychain(st.dir, /*quiet=*/true)->set(name, sandbox_token_service, keychain::secret{token});
+    open_keychain(st.dir, /*quiet=*/true)
+        ->set(name, sandbox_token_service, keychain::secret{token});
     remembered = true;
   } catch (const std::exception& e) {
     fmt::print(stderr, "sbx: warning: could not keep the token in the keychain ({}); save it now\n",
@@ -65,8 +66,9 @@ int run_add(const std::string& name) {
       "  HTTPS_PROXY={2}\n"
       "or get its whole environment with: sbx sandbox env {0}\n",
       name, token, proxy_url,
-      remembered ? "policy.db keeps only its hash; the keychain keeps the token for `sbx sandbox env`."
-                 : "This token will not be shown again: only its hash is stored.");
+      remembered
+          ? "policy.db keeps only its hash; the keychain keeps the token for `sbx sandbox env`."
+          : "This token will not be shown again: only its hash is stored.");
   return exit_ok;
 }
 
@@ -96,7 +98,8 @@ int run_rm(const std::string& name) {
   // Its token and its own secrets go with it, so a later sandbox of the same name starts clean.
   try {
     auto keys = open_keychain(st.dir, /*quiet=*/true);
-    for (const auto& e : keys->list(std::string_view(name))) keys->remove(name, e.service);
+    for (const auto& e : keys->list(std::string_view(name)))
+      keys->remove(name, e.service);
     notify_secrets_changed(st.dir);
   } catch (const std::exception& e) {
     fmt::print(stderr, "sbx: warning: could not remove the sandbox's keychain entries: {}\n",
