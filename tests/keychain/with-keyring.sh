@@ -51,7 +51,7 @@ dbus-run-session -- sh -c '
   done
   keyring_pid=$(gdbus call --session --dest org.freedesktop.DBus --object-path /org/freedesktop/DBus \
       --method org.freedesktop.DBus.GetConnectionUnixProcessID org.freedesktop.secrets |
-      tr -dc 0-9)
+      sed -n "s/.*uint32 \([0-9][0-9]*\).*/\1/p")  # "(uint32 12345,)" -> 12345
   status=0
   "$@" || status=$?
   # The daemon would notice the bus going away, but not before dbus-run-session returns.
