@@ -175,6 +175,12 @@ def start_proxy(request, sbx_bin, sbx_env, proxy_config, tmp_path):
                  for when in ("setup", "call"))
     problems = []
     for process in started:
+        if not process.running() and process.returncode is None:
+            # It ended on its own, and no test stopped it: a crash must not pass unnoticed.
+            process.returncode = process.proc.wait()
+            if process.returncode != 0:
+                problems.append(f"sbx proxy (pid {process.pid}) died during the test with "
+                                f"{process.returncode}")
         if process.running():
             process.signal(signal.SIGTERM)
             try:
