@@ -39,6 +39,9 @@ class raw_db {
         SQLITE_OK) {
       throw std::runtime_error(sqlite3_errmsg(db_));
     }
+    // Like any outside client, wait out a short write of the proxy's own (the start-up prune)
+    // instead of failing at once.
+    sqlite3_busy_timeout(db_, 5000);
   }
   ~raw_db() { sqlite3_close_v2(db_); }
   raw_db(const raw_db&) = delete;
