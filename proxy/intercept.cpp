@@ -192,11 +192,10 @@ asio::awaitable<void> interception::run(intercept_request& r) {
       origin_form = abs->origin_form;
     } else {
       metrics::add(st.counters.bad_requests);
-      co_await reply(
-          row, req.version(), 400, "bad-request",
-          fmt::format("sbx-proxy: bad request: target \"{}\" is not on {}",
+      co_await reply(row, req.version(), 400, "bad-request",
+                     fmt::format("sbx-proxy: bad request: target \"{}\" is not on {}",
                                  target.substr(0, target.find('?')), r.where.text()),
-          false);
+                     false);
       break;
     }
     const auto raw_path = std::string_view(origin_form).substr(0, origin_form.find('?'));

@@ -444,9 +444,9 @@ asio::awaitable<bool> client_session::handle_forward(request_parser& p, row_buil
   } else {
     auto h = parse_authority(host_field, 80);
     if (!h || h->host != tgt->where.host || h->port != tgt->where.port) {
-      co_return co_await bad_request(fmt::format(
-          "Host header \"{}\" does not match the request target \"{}\"", host_field,
-          target.substr(0, target.find('?'))));  // the query string is never logged
+      co_return co_await bad_request(
+          fmt::format("Host header \"{}\" does not match the request target \"{}\"", host_field,
+                      target.substr(0, target.find('?'))));  // the query string is never logged
     }
   }
   auto path = policy::normalize_path(tgt->path);

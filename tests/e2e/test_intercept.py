@@ -15,9 +15,9 @@ import time
 import pytest
 
 from e2e_support.cli import add_rule, add_sandbox, ok
-from e2e_support.intercept_clients import (PLACEHOLDER, connect_tls_over, control,
-                                           https_connection, open_tunnel, request_over,
-                                           tls_context, vm_hwm_kib, websocket_roundtrip)
+from e2e_support.intercept_clients import (PLACEHOLDER, control, https_connection, open_tunnel,
+                                           request_over, send_connect, tls_context, vm_hwm_kib,
+                                           websocket_roundtrip)
 from e2e_support.intercept_fixtures import *  # noqa: F401,F403 - pytest fixtures
 
 MIB = 1 << 20
@@ -53,7 +53,8 @@ def rows(db, where, params=(), count=1):
                              "\n".join(str(r) for r in every)) from None
 
 
-def nonempty(value):
+def or_empty(value):
+    """NULL and "" both mean none (sandbox, credential)."""
     return value or ""
 
 
@@ -165,7 +166,7 @@ def test_other_allowed_host_is_tunnelled_and_gets_no_credential(start_intercepti
     assert credential_headers(got) == {"authorization": [f"Bearer {PLACEHOLDER}"]}
     assert key not in got.text()
     [row] = rows(db, "host = ?", ("allowed.test",))
-    assert (row["method"], row["route"], nonempty(row["credential"])) == ("CONNECT", "tunnel", "")
+    assert (row["method"], row["route"], or_empty(row["credential"])) == ("CONNECT", "tunnel", "")
 
 
 def test_intercepted_non_service_host_gets_no_credential(start_intercepting, secrets, new_key,
@@ -182,7 +183,7 @@ def test_intercepted_non_service_host_gets_no_credential(start_intercepting, sec
                                        "x-api-key": ["client-value"]}
     assert key not in got.text()
     [row] = rows(db, "host = ? AND method = 'GET'", ("allowed.test",))
-    assert (row["route"], nonempty(row["credential"]), row["status"]) == ("intercept", "", 200)
+    assert (row["route"], or_empty(row["credential"]), row["status"]) == ("intercept", "", 200)
 
 
 def test_plain_http_to_a_service_host_gets_no_credential(start_intercepting, secrets, new_key,
@@ -199,7 +200,7 @@ def test_plain_http_to_a_service_host_gets_no_credential(start_intercepting, sec
     assert credential_headers(second) == {}
     assert key not in first.text() + second.text()
     found = rows(db, "host = ?", ("api.openai.com",), count=2)
-    assert [(r["route"], r["scheme"], nonempty(r["credential"])) for r in found] == [
+    assert [(r["route"], r["scheme"], or_empty(r["credential"])) for r in found] == [
         ("forward", "http", "")] * 2
 
 
@@ -312,10 +313,10 @@ def test_sandbox_secret_overrides_global_and_changes_apply_at_once(
     assert send(None) == [f"Bearer {PLACEHOLDER}"], "no secret: nothing injected"
     found = rows(db, "method = 'CONNECT' AND host = ?", ("api.openai.com",), count=step)
     last = found[-1]
-    assert (last["route"], nonempty(last["credential"])) == ("tunnel", ""), (
+    assert (last["route"], or_empty(last["credential"])) == ("tunnel", ""), (
         "with no secret and no path rules the CONNECT is tunnelled")
     request_rows = rows(db, "method = 'GET' AND host = ?", ("api.openai.com",), count=step - 1)
-    assert [(nonempty(r["sandbox"]), r["credential"]) for r in request_rows] == [
+    assert [(or_empty(r["sandbox"]), r["credential"]) for r in request_rows] == [
         ("", "openai"), ("dev", "openai"), ("ci", "openai"), ("", "openai"), ("dev", "openai"),
         ("dev", "openai"), ("dev", "openai")]
 
@@ -352,7 +353,7 @@ def test_secret_changes_apply_to_the_next_request_on_an_open_connection(
     assert [credential_headers(g).get("authorization") for g in got] == [
         [f"Bearer {first_key}"], [f"Bearer {second_key}"], [f"Bearer {PLACEHOLDER}"]]
     found = rows(db, "method = 'GET' AND host = ?", ("api.openai.com",), count=3)
-    assert [nonempty(r["credential"]) for r in found] == ["openai", "openai", ""]
+    assert [or_empty(r["credential"]) for r in found] == ["openai", "openai", ""]
 
 
 # --- unverifiable upstreams get nothing ---
@@ -377,7 +378,7 @@ def test_unverifiable_upstream_gets_502_and_no_request(start_intercepting, secre
     assert upstream.handshakes == 0, "the proxy completed a TLS handshake with it"
     assert service_upstream.requests == []
     [row] = rows(db, "host = ? AND method = 'GET'", (host,))
-    assert (row["route"], row["status"], nonempty(row["credential"])) == ("intercept", 502, "")
+    assert (row["route"], row["status"], or_empty(row["credential"])) == ("intercept", 502, "")
 
 
 # --- streaming ---
@@ -524,7 +525,7 @@ def test_concurrent_first_connects_mint_one_leaf(start_intercepting, secrets, ne
             # Every CONNECT is answered before the barrier; all ClientHellos go out after it.
             raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
             with raw:
-                connect_tls_over(raw, "api.anthropic.com")
+                send_connect(raw, "api.anthropic.com")
                 barrier.wait(timeout=10)
                 context = tls_context(sbx_ca)
                 with context.wrap_socket(raw, server_hostname="api.anthropic.com") as tls:

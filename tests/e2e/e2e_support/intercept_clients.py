@@ -30,14 +30,14 @@ def open_tunnel(proxy_port, host, cafile, port=443, proxy_user=None, timeout=10.
     `cafile`. Returns the TLS socket."""
     raw = socket.create_connection(("127.0.0.1", proxy_port), timeout=timeout)
     try:
-        connect_tls_over(raw, host, port, proxy_user)
+        send_connect(raw, host, port, proxy_user)
         return tls_context(cafile).wrap_socket(raw, server_hostname=host)
     except BaseException:
         raw.close()
         raise
 
 
-def connect_tls_over(raw, host, port=443, proxy_user=None):
+def send_connect(raw, host, port=443, proxy_user=None):
     """Sends CONNECT on `raw` and checks the 200; leaves the socket right after the reply head."""
     head = f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n"
     if proxy_user:
@@ -140,13 +140,13 @@ def websocket_roundtrip(tls_socket, host, path, messages, headers=()):
         frame = read_ws_frame(stream)
         assert frame is not None, "the connection closed instead of echoing"
         received.append((frame[0], frame[1]))
-    tls_socket.sendall(ws_frame(0x8, struct_close(1000), mask=os.urandom(4)))
+    tls_socket.sendall(ws_frame(0x8, close_payload(1000), mask=os.urandom(4)))
     frame = read_ws_frame(stream)
     received.append((frame[0], frame[1]) if frame else None)
     return response, received
 
 
-def struct_close(code):
+def close_payload(code):
     return code.to_bytes(2, "big")
 
 
