@@ -140,6 +140,10 @@ asio::awaitable<relay_status> relay_message(In& in, beast::flat_buffer& in_buf,
                                             std::chrono::milliseconds write_timeout,
                                             std::uint64_t& written, bool* body_started = nullptr) {
   http::serializer<isRequest, http::buffer_body> sr{p.get()};
+  // Beast sizes each read by the buffer's spare capacity (512 bytes at least). The parser moves
+  // every body byte on into `chunk`, so in_buf would never grow and a body would move 512 bytes
+  // (one TLS record) at a time: give it room for a whole chunk.
+  if (!p.is_done() && in_buf.capacity() < body_chunk_size) in_buf.reserve(body_chunk_size);
   beast::get_lowest_layer(out).expires_after(write_timeout);
   {
     auto [ec, n] = co_await http::async_write_header(out, sr, use_nothrow);
