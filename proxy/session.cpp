@@ -400,6 +400,11 @@ asio::awaitable<bool> client_session::handle_connect(request_parser& p, row_buil
   }
   std::string initial(static_cast<const char*>(buf_.data().data()), buf_.size());
   buf_.consume(buf_.size());
+  // A tunnel may stay open for hours: it needs neither the request-head buffer nor the body
+  // chunk, so give their memory back (it matters with thousands of idle tunnels).
+  buf_.shrink_to_fit();
+  chunk_.reset();
+  upstream_.reset();
   st_.counters.active_tunnels.fetch_add(1, std::memory_order_relaxed);
   auto totals = co_await run_tunnel(client_.socket(), up.stream.socket(), initial,
                                     cfg_->lim.tunnel_idle_timeout);

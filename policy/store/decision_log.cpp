@@ -21,6 +21,8 @@ using namespace std::chrono;
 
 constexpr milliseconds retry_delay{100};
 constexpr hours prune_interval{1};
+constexpr milliseconds group_commit_linger{5};
+constexpr std::size_t group_commit_rows = 256;
 // A failing write is retried for as long as the proxy runs (nothing is dropped), but shutdown
 // must end: after this long failing while stopping, the remaining rows are given up and logged.
 constexpr seconds give_up_after_stop{30};
@@ -86,6 +88,13 @@ void decision_log::impl::run() {
         if (!stopping) continue;  // time to prune
         writer_done = true;
         break;
+      }
+      // Group commit: under moderate load rows arrive one by one, and a transaction per row
+      // costs a WAL append each. Lingering a few milliseconds lets them share one; a full
+      // enough queue or a stop ends the linger at once, so rows are never held longer.
+      if (!stopping && queue.size() < group_commit_rows) {
+        work_ready.wait_for(lock, group_commit_linger,
+                            [&] { return stopping || queue.size() >= group_commit_rows; });
       }
       // Whatever queued up while the last batch was written goes into the next transaction:
       // batches grow with the load, so the cost per row falls exactly when it matters.
@@ -166,12 +175,13 @@ void decision_log::record(decision_row row) {
   // Back-pressure: a full queue blocks the caller instead of dropping its row.
   s.progress.wait(lock, [&] { return s.queue.size() < s.options.capacity || s.writer_done; });
   if (s.writer_done) return;
-  bool was_empty = s.queue.empty();
+  const bool was_empty = s.queue.empty();
   s.queue.push_back(std::move(row));
+  const bool batch_ready = s.queue.size() == group_commit_rows;
   ++s.recorded;
   lock.unlock();
-  // The writer sleeps only on an empty queue.
-  if (was_empty) s.work_ready.notify_one();
+  // The writer sleeps on an empty queue, or lingers for a group commit until enough rows wait.
+  if (was_empty || batch_ready) s.work_ready.notify_one();
 }
 
 void decision_log::flush() {
