@@ -163,12 +163,13 @@ asio::awaitable<void> interception::run(intercept_request& r) {
     row.row.port = r.where.port;
     if (hr != head_result::ok) {
       metrics::add(st.counters.bad_requests);
-      co_await reply(row, 11, hr == head_result::too_large ? 431 : 408, "bad-request",
-                     hr == head_result::too_large
-                         ? fmt::format("sbx-proxy: request header section larger than {} bytes",
-                                       lim.max_header_bytes)
-                         : std::string("sbx-proxy: request header not received in time"),
-                     false);
+      // A named string, not a conditional temporary inside co_await (GCC 12 double free).
+      const std::string text =
+          hr == head_result::too_large
+              ? fmt::format("sbx-proxy: request header section larger than {} bytes",
+                            lim.max_header_bytes)
+              : std::string("sbx-proxy: request header not received in time");
+      co_await reply(row, 11, hr == head_result::too_large ? 431 : 408, "bad-request", text, false);
       break;
     }
     request_parser p;

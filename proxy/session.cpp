@@ -320,12 +320,14 @@ asio::awaitable<bool> client_session::serve_one() {
   if (!claim_identity(sandbox)) {
     metrics::add(st_.counters.connection_limit_rejections);
     const bool changed = identity_ && *identity_ != sandbox;
-    co_await reply_error(
-        req.version(), changed ? 407 : 429, changed ? "proxy-auth-required" : "connection-limit",
-        changed ? "sbx-proxy: one connection cannot change sandbox identity"
+    // Built before the co_await: GCC 12 destroys a conditional's temporary inside a co_await
+    // expression twice (double free).
+    const std::string text =
+        changed ? std::string("sbx-proxy: one connection cannot change sandbox identity")
                 : fmt::format("sbx-proxy: more than {} connections for this sandbox",
-                              lim.max_connections_per_sandbox),
-        false, row);
+                              lim.max_connections_per_sandbox);
+    co_await reply_error(req.version(), changed ? 407 : 429,
+                         changed ? "proxy-auth-required" : "connection-limit", text, false, row);
     co_return false;
   }
 
