@@ -229,18 +229,33 @@ class runtime {
       if (state_.counters.active_connections.load(std::memory_order_relaxed) >=
           static_cast<std::int64_t>(cap)) {
         metrics::add(state_.counters.connection_limit_rejections);
-        static constexpr std::string_view busy =
-            "HTTP/1.1 503 Service Unavailable\r\nX-Proxy-Error: connection-limit\r\n"
-            "Content-Type: text/plain\r\nContent-Length: 45\r\nConnection: close\r\n\r\n"
-            "sbx-proxy: too many connections; retry later\n";
-        error_code ignored;
-        socket.non_blocking(true, ignored);
-        socket.write_some(asio::buffer(busy), ignored);
-        socket.close(ignored);
+        asio::co_spawn(socket.get_executor(), refuse_busy(std::move(socket)), asio::detached);
         continue;
       }
       spawn_session(std::move(socket), state_);
     }
+  }
+
+  // Over the global cap: a 503 the client can read. Closing with its request unread would send
+  // RST and destroy the answer, so half-close and drain briefly first (bounded in time and bytes).
+  static asio::awaitable<void> refuse_busy(tcp::socket socket) {
+    static constexpr std::string_view busy =
+        "HTTP/1.1 503 Service Unavailable\r\nServer: sbx-proxy\r\nX-Proxy-Error: "
+        "connection-limit\r\nContent-Type: text/plain\r\nContent-Length: 45\r\n"
+        "Connection: close\r\n\r\nsbx-proxy: too many connections; retry later\n";
+    beast::tcp_stream stream(std::move(socket));
+    stream.expires_after(std::chrono::seconds(2));
+    auto [ec, n] = co_await asio::async_write(stream, asio::buffer(busy), use_nothrow);
+    error_code ignored;
+    stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    std::array<char, 4096> sink{};
+    std::size_t drained = 0;
+    while (!ec && drained < 64 * 1024) {
+      auto [rec, rn] = co_await stream.async_read_some(asio::buffer(sink), use_nothrow);
+      drained += rn;
+      ec = rec;
+    }
+    stream.socket().close(ignored);
   }
 
   void wait_signal() {
