@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/common.hpp"
+#include "policy/store/decision_json.hpp"
 #include "policy/store/state_db.hpp"
 
 namespace sbx::cli {
@@ -59,28 +60,6 @@ store::decision_filter make_filter(const log_options& opts) {
   if (opts.blocked) f.decision = "deny";
   if (opts.allowed) f.decision = "allow";
   return f;
-}
-
-nlohmann::json event_json(const store::decision_row& r) {
-  // Exactly the column names of the `decisions` table, so scripts can use either source.
-  return {{"id", r.id},
-          {"ts", r.ts},
-          {"sandbox", r.sandbox},
-          {"client", r.client},
-          {"method", r.method},
-          {"scheme", r.scheme},
-          {"host", r.host},
-          {"port", r.port},
-          {"path", r.path},
-          {"route", r.route},
-          {"decision", r.decision},
-          {"rule", r.rule},
-          {"reason", r.reason},
-          {"credential", r.credential},
-          {"status", r.status},
-          {"bytes_up", r.bytes_up},
-          {"bytes_down", r.bytes_down},
-          {"duration_ms", r.duration_ms}};
 }
 
 const std::vector<std::string> event_headers = {
@@ -159,7 +138,7 @@ int run_events(const log_options& opts, store::state_db& db) {
   sort_oldest_first(rows);
   if (opts.json) {
     for (const auto& r : rows)
-      fmt::print("{}\n", event_json(r).dump());
+      fmt::print("{}\n", store::decision_json(r).dump());
     return exit_ok;
   }
   text_table table(event_headers);
@@ -185,7 +164,7 @@ int run_follow(const log_options& opts, store::state_db& db) {
     sort_oldest_first(rows);
     for (const auto& r : rows) {
       if (opts.json) {
-        fmt::print("{}\n", event_json(r).dump());
+        fmt::print("{}\n", store::decision_json(r).dump());
       } else {
         print_fixed_row(event_cells(r));
       }

@@ -15,6 +15,7 @@
 #include "certs/authority.hpp"
 #include "certs/tls_contexts.hpp"
 #include "keychain/secret_store.hpp"
+#include "policy/store/decision_json.hpp"
 #include "policy/store/state_db.hpp"
 #include "proxy/detail/control_server.hpp"
 #include "proxy/detail/credentials.hpp"
@@ -88,27 +89,6 @@ std::map<std::string, std::string> query_params(std::string_view target) {
     rest = rest.substr(amp + 1);
   }
   return out;
-}
-
-json row_json(const store::decision_row& r) {
-  return json{{"id", r.id},
-              {"ts", r.ts},
-              {"sandbox", r.sandbox},
-              {"client", r.client},
-              {"method", r.method},
-              {"scheme", r.scheme},
-              {"host", r.host},
-              {"port", r.port},
-              {"path", r.path},
-              {"route", r.route},
-              {"decision", r.decision},
-              {"rule", r.rule},
-              {"reason", r.reason},
-              {"credential", r.credential},
-              {"status", r.status},
-              {"bytes_up", r.bytes_up},
-              {"bytes_down", r.bytes_down},
-              {"duration_ms", r.duration_ms}};
 }
 
 std::shared_ptr<const sandbox_directory> load_sandboxes(store::state_db& db) {
@@ -472,7 +452,7 @@ class runtime {
     f.limit = q.contains("limit") ? std::stoll(q["limit"]) : 100;
     json rows = json::array();
     for (const auto& r : db_.query_decisions(f))
-      rows.push_back(row_json(r));
+      rows.push_back(store::decision_json(r));
     return rows;
   }
 
