@@ -131,8 +131,38 @@ inline void add_via(http::fields& fields) {
 
 enum class relay_status { ok, read_failed, read_timeout, write_failed };
 
-// Streams one message whose header `p` has parsed from `in` to `out`: header first, then the body
-// through `chunk` as it arrives (Beast's relay pattern, asynchronous).
+// Feeds body bytes already sitting in `in_buf` through the parser into the body buffer, without
+// I/O. Not eager, the parser stops after each chunk header or chunk, so it is fed while it makes
+// progress and there is room. Returns false on a framing error.
+template <bool isRequest>
+bool parse_buffered(beast::flat_buffer& in_buf, http::parser<isRequest, http::buffer_body>& p) {
+  auto& body = p.get().body();
+  while (!p.is_done() && in_buf.size() > 0 && body.size > 0) {
+    error_code ec;
+    const auto used = p.put(in_buf.data(), ec);
+    in_buf.consume(used);
+    if (ec == http::error::need_buffer || ec == http::error::need_more) break;
+    if (ec) return false;
+    if (used == 0) break;
+  }
+  return true;
+}
+
+// Turns what the parser wrote into `chunk` into the serializer's next body piece. An empty
+// buffer with more=false would go out as an empty chunk before the last-chunk (two "0\r\n\r\n"):
+// a null buffer ends the body cleanly.
+template <bool isRequest>
+void hand_to_serializer(http::parser<isRequest, http::buffer_body>& p, char* chunk) {
+  auto& body = p.get().body();
+  body.size = body_chunk_size - body.size;
+  body.data = body.size ? chunk : nullptr;
+  body.more = !p.is_done();
+}
+
+// Streams one message whose header `p` has parsed from `in` to `out`. The header goes out together
+// with the body bytes that arrived with it (one write, one TLS record, for the usual small
+// message); then the rest of the body through `chunk` as it arrives (Beast's relay pattern). A
+// header with no body bytes behind it yet (an event stream) is written at once, not held back.
 template <bool isRequest, class In, class Out>
 asio::awaitable<relay_status> relay_message(In& in, beast::flat_buffer& in_buf,
                                             http::parser<isRequest, http::buffer_body>& p, Out& out,
@@ -144,16 +174,30 @@ asio::awaitable<relay_status> relay_message(In& in, beast::flat_buffer& in_buf,
   // every body byte on into `chunk`, so in_buf would never grow and a body would move 512 bytes
   // (one TLS record) at a time: give it room for a whole chunk.
   if (!p.is_done() && in_buf.capacity() < body_chunk_size) in_buf.reserve(body_chunk_size);
-  beast::get_lowest_layer(out).expires_after(write_timeout);
-  {
-    auto [ec, n] = co_await http::async_write_header(out, sr, use_nothrow);
-    written += n;
-    if (ec) co_return relay_status::write_failed;
-  }
-  while (!sr.is_done()) {
-    if (!p.is_done()) {
-      p.get().body().data = chunk;
-      p.get().body().size = body_chunk_size;
+  auto& body = p.get().body();
+  body.data = chunk;
+  body.size = body_chunk_size;
+  if (!parse_buffered(in_buf, p)) co_return relay_status::read_failed;
+  hand_to_serializer(p, chunk);
+  for (;;) {
+    if (body_started && body.size > 0) *body_started = true;
+    beast::get_lowest_layer(out).expires_after(write_timeout);
+    auto [wec, wn] = co_await http::async_write(out, sr, use_nothrow);
+    written += wn;
+    if (wec == http::error::need_buffer) wec = {};
+    if (wec) co_return relay_status::write_failed;
+    if (sr.is_done()) break;
+    if (p.is_done()) {
+      body.data = nullptr;
+      body.size = 0;
+      body.more = false;
+      continue;
+    }
+    // Read until body bytes arrive or the message ends (a chunk header alone is progress, not
+    // something to write).
+    do {
+      body.data = chunk;
+      body.size = body_chunk_size;
       beast::get_lowest_layer(in).expires_after(read_timeout);
       auto [ec, n] = co_await http::async_read_some(in, in_buf, p, use_nothrow);
       if (ec == http::error::need_buffer) ec = {};
@@ -161,27 +205,11 @@ asio::awaitable<relay_status> relay_message(In& in, beast::flat_buffer& in_buf,
         co_return ec == beast::error::timeout ? relay_status::read_timeout
                                               : relay_status::read_failed;
       }
-      p.get().body().size = body_chunk_size - p.get().body().size;
-      if (p.get().body().size == 0) {
-        if (!p.is_done()) continue;  // progress (a chunk header) without body bytes
-        // An empty buffer with more=false would go out as an empty chunk before the last-chunk
-        // (two "0\r\n\r\n"): a null buffer ends the body cleanly.
-        p.get().body().data = nullptr;
-      } else {
-        p.get().body().data = chunk;
-      }
-      p.get().body().more = !p.is_done();
-    } else {
-      p.get().body().data = nullptr;
-      p.get().body().size = 0;
-      p.get().body().more = false;
-    }
-    if (body_started) *body_started = true;
-    beast::get_lowest_layer(out).expires_after(write_timeout);
-    auto [ec, n] = co_await http::async_write(out, sr, use_nothrow);
-    written += n;
-    if (ec == http::error::need_buffer) ec = {};
-    if (ec) co_return relay_status::write_failed;
+      // Take whatever else is already buffered too, so a body that arrived in one read goes
+      // out in one write.
+      if (!parse_buffered(in_buf, p)) co_return relay_status::read_failed;
+    } while (body.size == body_chunk_size && !p.is_done());
+    hand_to_serializer(p, chunk);
   }
   beast::get_lowest_layer(out).expires_never();
   co_return relay_status::ok;
