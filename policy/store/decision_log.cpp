@@ -21,7 +21,7 @@ using namespace std::chrono;
 
 constexpr milliseconds retry_delay{100};
 constexpr hours prune_interval{1};
-constexpr milliseconds group_commit_linger{5};
+constexpr milliseconds group_commit_linger{25};
 constexpr std::size_t group_commit_rows = 256;
 // A failing write is retried for as long as the proxy runs (nothing is dropped), but shutdown
 // must end: after this long failing while stopping, the remaining rows are given up and logged.

@@ -95,7 +95,6 @@ CREATE TABLE decisions (
   duration_ms INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX decisions_ts ON decisions (ts);
-CREATE INDEX decisions_host ON decisions (host);
 )sql";
 
 // The header fields are set in the same transaction as the tables, so a crash in between leaves
@@ -303,6 +302,18 @@ std::int64_t read_integer(sqlite3* db, detail::statement_cache& cache, const std
                           std::string_view what) {
   statement s(db, cache, sql);
   return s.step(what) ? s.integer(0) : 0;
+}
+
+// Files made before 2026-11-22 also index decisions by host. No query can use that index (the
+// host filter is a case-folded GLOB), and keeping it up to date cost a third of each row's insert,
+// so it goes. The layout is otherwise unchanged: no new schema version.
+void drop_obsolete_indexes(sqlite3* db, detail::statement_cache& cache) {
+  const auto present = read_integer(
+      db, cache,
+      "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'decisions_host'",
+      "cannot read the schema");
+  if (present == 0) return;
+  statement(db, cache, "DROP INDEX IF EXISTS decisions_host").run("cannot drop an old index");
 }
 
 file_identity identify(sqlite3* db, detail::statement_cache& cache) {
@@ -595,6 +606,7 @@ state_db state_db::open(const std::filesystem::path& file) {
     }
     tx.commit();
   }
+  drop_obsolete_indexes(raw, cache);
   restrict_permissions(file);
   return db;
 }

@@ -107,11 +107,9 @@ TEST_CASE("open creates the schema, in WAL mode, readable only by the owner") {
   CHECK(raw.text("SELECT group_concat(name, ' ') FROM (SELECT name FROM pragma_table_info("
                  "'sandboxes') ORDER BY cid)") == "name token_hash created");
   CHECK(raw.text("SELECT group_concat(name, ' ') FROM (SELECT name FROM pragma_index_list("
-                 "'decisions') ORDER BY name)") == "decisions_host decisions_ts");
+                 "'decisions') ORDER BY name)") == "decisions_ts");
   CHECK(raw.integer("SELECT count(*) FROM pragma_index_info('decisions_ts') WHERE name = 'ts'") ==
         1);
-  CHECK(raw.integer(
-            "SELECT count(*) FROM pragma_index_info('decisions_host') WHERE name = 'host'") == 1);
   CHECK(db.preset_name() == std::nullopt);
   CHECK(db.rules_version() == 0);
 }
@@ -132,6 +130,23 @@ TEST_CASE("reopening keeps rules, sandboxes, decisions and the rules version") {
   CHECK(db.query_decisions({}).size() == 1);
   CHECK(db.rules_version() == version);
   CHECK(version == 2);
+}
+
+TEST_CASE("reopening drops the unused host index of older files and keeps their rows") {
+  temp_dir dir;
+  {
+    auto db = state_db::open(dir.db());
+    db.insert_decisions({make_row("2026-11-22T06:00:00.000Z", "dev", "example.com", "allow")});
+  }
+  {
+    raw_db raw(dir.db());
+    raw.exec("CREATE INDEX decisions_host ON decisions (host)");  // as files before 2026-11-22
+  }
+  auto db = state_db::open(dir.db());
+  raw_db raw(dir.db());
+  CHECK(raw.integer("SELECT count(*) FROM sqlite_master WHERE name = 'decisions_host'") == 0);
+  CHECK(raw.integer("PRAGMA user_version") == 1);
+  CHECK(db.query_decisions({}).size() == 1);
 }
 
 TEST_CASE("a file that is not a database is refused and left as it was") {
