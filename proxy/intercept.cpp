@@ -27,6 +27,118 @@ std::string ssl_error_text(const error_code& ec) {
   return ec.message();
 }
 
+std::atomic<std::uint64_t> next_generation{1};
+
+// Idle connections older than this are closed rather than used: well inside the keep-alive
+// timeouts servers commonly use (nginx 75 s, most APIs 60 s or more).
+constexpr std::chrono::seconds pool_idle_lifetime{30};
+constexpr std::chrono::seconds pool_sweep_interval{5};
+constexpr std::size_t pool_max_per_key = 16;
+constexpr std::size_t pool_max_total = 128;
+
+// Idempotent methods (RFC 9110 §9.2.2): safe to send again when a kept-alive connection turns out
+// to have been closed by the upstream before any response byte came back.
+bool idempotent(http::verb m) {
+  switch (m) {
+    case http::verb::get:
+    case http::verb::head:
+    case http::verb::options:
+    case http::verb::trace:
+    case http::verb::put:
+    case http::verb::delete_:
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+struct pooled_upstream {
+  std::unique_ptr<upstream_tls> stream;
+  std::string key;
+  tcp::endpoint endpoint;
+  std::chrono::steady_clock::time_point idle_since;
+
+  // An idle connection must have nothing to read: data is a close_notify, an alert or a response
+  // nobody asked for, and end-of-stream means the upstream closed it.
+  [[nodiscard]] bool looks_alive() const {
+    auto& sock = beast::get_lowest_layer(*stream).socket();
+    if (!sock.is_open() || SSL_pending(stream->native_handle()) > 0) return false;
+    char c = 0;
+    const auto n = ::recv(sock.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+  }
+};
+
+namespace {
+
+// One per io_context (an Asio service), so a pooled socket is only ever used by the thread that
+// owns it, without locks; destroyed with its io_context.
+class upstream_pool : public asio::execution_context::service {
+ public:
+  static inline asio::execution_context::id id;
+  explicit upstream_pool(asio::execution_context& ctx) : service(ctx) {}
+
+  static upstream_pool& of(const asio::any_io_executor& ex) {
+    return asio::use_service<upstream_pool>(asio::query(ex, asio::execution::context));
+  }
+
+  std::unique_ptr<pooled_upstream> take(std::string_view key,
+                                        const std::vector<tcp::endpoint>& allowed) {
+    const auto now = std::chrono::steady_clock::now();
+    // Most recently used first: the likeliest to be alive.
+    for (auto i = idle_.size(); i-- > 0;) {
+      auto& c = idle_[i];
+      if (c->key != key || std::find(allowed.begin(), allowed.end(), c->endpoint) == allowed.end())
+        continue;
+      auto taken = std::move(c);
+      idle_.erase(idle_.begin() + static_cast<std::ptrdiff_t>(i));
+      if (now - taken->idle_since < pool_idle_lifetime && taken->looks_alive()) return taken;
+    }
+    return nullptr;
+  }
+
+  void put(std::unique_ptr<pooled_upstream> c, const asio::any_io_executor& ex) {
+    const auto same_key =
+        std::count_if(idle_.begin(), idle_.end(), [&](const auto& e) { return e->key == c->key; });
+    if (static_cast<std::size_t>(same_key) >= pool_max_per_key) return;  // closes it
+    if (idle_.size() >= pool_max_total) idle_.erase(idle_.begin());      // the oldest goes
+    c->idle_since = std::chrono::steady_clock::now();
+    idle_.push_back(std::move(c));
+    if (!sweeping_) {
+      sweeping_ = true;
+      asio::co_spawn(ex, sweep(), asio::detached);
+    }
+  }
+
+  void shutdown() override { idle_.clear(); }
+
+ private:
+  // Closes what expired or what the upstream closed, so idle sockets do not linger; ends when
+  // the pool is empty (put() starts it again).
+  asio::awaitable<void> sweep() {
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    while (!idle_.empty()) {
+      timer.expires_after(pool_sweep_interval);
+      auto [ec] = co_await timer.async_wait(use_nothrow);
+      if (ec) break;
+      const auto now = std::chrono::steady_clock::now();
+      std::erase_if(idle_, [&](const auto& c) {
+        return now - c->idle_since >= pool_idle_lifetime || !c->looks_alive();
+      });
+    }
+    sweeping_ = false;
+  }
+
+  std::vector<std::unique_ptr<pooled_upstream>> idle_;
+  bool sweeping_ = false;
+};
+
+std::string pool_key(std::uint64_t generation, std::string_view sandbox, const authority& where) {
+  return fmt::format("{}\n{}\n{}:{}", generation, sandbox, where.host, where.port);
+}
+
 }  // namespace
 
 interception::interception(std::shared_ptr<certs::server_tls_context> server,
@@ -37,7 +149,22 @@ interception::interception(std::shared_ptr<certs::server_tls_context> server,
       credentials_(std::move(credentials)),
       // asio::ssl::context frees the handle it is given: hand it a reference of its own.
       server_asio_(server_->new_reference()),
-      upstream_asio_(upstream_->new_reference()) {}
+      upstream_asio_(upstream_->new_reference()),
+      generation_(next_generation.fetch_add(1)) {}
+
+std::shared_ptr<pooled_upstream> interception::take_pooled(const asio::any_io_executor& ex,
+                                                           std::string_view sandbox,
+                                                           const authority& where,
+                                                           upstream_choice& choice,
+                                                           upstream_result& up) {
+  auto c = upstream_pool::of(ex).take(pool_key(generation_, sandbox, where), choice.allowed);
+  if (!c) return nullptr;
+  const auto at = std::find(choice.allowed.begin(), choice.allowed.end(), c->endpoint);
+  up.decision = std::move(choice.decisions[static_cast<std::size_t>(at - choice.allowed.begin())]);
+  up.address = to_policy_address(c->endpoint.address());
+  up.result = upstream_result::outcome::connected;
+  return std::shared_ptr<pooled_upstream>(std::move(c));
+}
 
 intercept_plan interception::plan(const policy::rule_set& rules, const config::settings& cfg,
                                   std::string_view sandbox, std::string_view host,
@@ -78,10 +205,21 @@ asio::awaitable<void> interception::run(intercept_request& r) {
   // the real host name. Whatever the client sent behind the CONNECT starts its handshake.
   client_tls client(r.client, server_asio_);
   certs::set_intercept_host(client.native_handle(), &r.where.host);
-  std::optional<upstream_tls> upstream;
-  upstream.emplace(std::move(r.upstream.stream), upstream_asio_);
-  const bool upstream_prepared =
-      certs::prepare_upstream_ssl(upstream->native_handle(), r.where.host, r.where.port);
+  // A pooled connection was verified for this host when it was made and has served complete
+  // exchanges since; a new one is verified now.
+  std::unique_ptr<upstream_tls> upstream;
+  const bool pooled = r.pooled != nullptr;
+  bool upstream_prepared = true;
+  if (pooled) {
+    upstream = std::move(r.pooled->stream);
+    r.pooled.reset();
+    metrics::add(st.counters.upstream_tls_reused);
+  } else {
+    upstream = std::make_unique<upstream_tls>(std::move(r.upstream.stream), upstream_asio_);
+    upstream_prepared =
+        certs::prepare_upstream_ssl(upstream->native_handle(), r.where.host, r.where.port);
+    metrics::add(st.counters.upstream_tls_handshakes);
+  }
 
   auto client_handshake = [&]() -> asio::awaitable<error_code> {
     r.client.expires_after(lim.header_timeout);
@@ -92,6 +230,7 @@ asio::awaitable<void> interception::run(intercept_request& r) {
     co_return ec;
   };
   auto upstream_handshake = [&]() -> asio::awaitable<error_code> {
+    if (pooled) co_return error_code{};
     if (!upstream_prepared) co_return asio::error::invalid_argument;
     beast::get_lowest_layer(*upstream).expires_after(lim.connect_timeout);
     auto [ec] = co_await upstream->async_handshake(asio::ssl::stream_base::client, use_nothrow);
@@ -132,12 +271,42 @@ asio::awaitable<void> interception::run(intercept_request& r) {
   beast::flat_buffer upstream_buf;
   auto chunk = std::make_unique<char[]>(body_chunk_size);
   bool upstream_alive = !upstream_ec;
+  // No exchange on this connection yet: a failure is not a stale kept-alive connection.
+  bool upstream_fresh = !pooled;
+  // Between exchanges, the last response complete: the connection can serve another CONNECT.
+  bool upstream_reusable = upstream_alive;
   const auto sandbox = connect_row.row.sandbox;
   const exchange_limits xl{.client_read = lim.idle_timeout,
                            .upstream_read = lim.upstream_timeout,
                            .write = lim.idle_timeout,
                            .tunnel_idle = lim.tunnel_idle_timeout,
                            .header_limit = static_cast<std::uint32_t>(lim.max_header_bytes)};
+
+  // The upstream closed its side after an earlier response: a new connection to the same checked
+  // address, verified again.
+  auto reconnect = [&]() -> asio::awaitable<error_code> {
+    beast::tcp_stream tcp(client.get_executor());
+    tcp.expires_after(lim.connect_timeout);
+    const auto addr = r.upstream.address;
+    asio::ip::address ip = addr.v6
+                               ? asio::ip::address(asio::ip::address_v6(addr.bytes))
+                               : asio::ip::address(asio::ip::address_v4(
+                                     {addr.bytes[0], addr.bytes[1], addr.bytes[2], addr.bytes[3]}));
+    auto [cec] = co_await tcp.async_connect(tcp::endpoint(ip, r.where.port), use_nothrow);
+    if (cec) co_return cec;
+    error_code ignored;
+    tcp.socket().set_option(tcp::no_delay(true), ignored);
+    upstream = std::make_unique<upstream_tls>(std::move(tcp), upstream_asio_);
+    upstream_buf.consume(upstream_buf.size());
+    metrics::add(st.counters.upstream_tls_handshakes);
+    if (!certs::prepare_upstream_ssl(upstream->native_handle(), r.where.host, r.where.port)) {
+      co_return asio::error::invalid_argument;
+    }
+    beast::get_lowest_layer(*upstream).expires_after(lim.connect_timeout);
+    auto [ec] = co_await upstream->async_handshake(asio::ssl::stream_base::client, use_nothrow);
+    beast::get_lowest_layer(*upstream).expires_never();
+    co_return ec;
+  };
 
   auto reply = [&](row_builder& row, unsigned version, int status, std::string_view code,
                    std::string_view text, bool keep_alive) -> asio::awaitable<bool> {
@@ -268,49 +437,45 @@ asio::awaitable<void> interception::run(intercept_request& r) {
       }
     }
 
-    if (!upstream_alive) {
-      // The upstream closed its side after the previous response: reconnect to the same checked
-      // address, verified again.
-      beast::tcp_stream tcp(client.get_executor());
-      tcp.expires_after(lim.connect_timeout);
-      const auto addr = r.upstream.address;
-      asio::ip::address ip =
-          addr.v6 ? asio::ip::address(asio::ip::address_v6(addr.bytes))
-                  : asio::ip::address(asio::ip::address_v4(
-                        {addr.bytes[0], addr.bytes[1], addr.bytes[2], addr.bytes[3]}));
-      auto [cec] = co_await tcp.async_connect(tcp::endpoint(ip, r.where.port), use_nothrow);
-      error_code hec = cec;
-      if (!cec) {
-        error_code ignored;
-        tcp.socket().set_option(tcp::no_delay(true), ignored);
-        upstream.emplace(std::move(tcp), upstream_asio_);
-        upstream_buf.consume(upstream_buf.size());
-        if (!certs::prepare_upstream_ssl(upstream->native_handle(), r.where.host, r.where.port)) {
-          hec = asio::error::invalid_argument;
-        } else {
-          beast::get_lowest_layer(*upstream).expires_after(lim.connect_timeout);
-          auto [ec] =
-              co_await upstream->async_handshake(asio::ssl::stream_base::client, use_nothrow);
-          beast::get_lowest_layer(*upstream).expires_never();
-          hec = ec;
-        }
-      }
-      if (hec) {
-        metrics::add(st.counters.upstream_errors);
-        const bool invalid =
-            upstream && SSL_get_verify_result(upstream->native_handle()) != X509_V_OK;
-        co_await reply(
-            row, req.version(), 502, invalid ? "upstream-tls-invalid" : "upstream-unreachable",
-            fmt::format("sbx-proxy: cannot reach {}: {}", r.where.text(), hec.message()), false);
-        break;
-      }
-      upstream_alive = true;
-    }
-
     metrics::add(st.counters.routes_intercept);
     const auto shape = prepare_upstream_request(req, origin_form);
-    auto x = co_await relay_exchange(client, r.client_buf, p, shape, *upstream, upstream_buf,
-                                     chunk.get(), xl);
+    exchange_result x;
+    bool unreachable = false;
+    for (int attempt = 0;; ++attempt) {
+      if (!upstream_alive) {
+        if (auto hec = co_await reconnect(); hec) {
+          metrics::add(st.counters.upstream_errors);
+          const bool invalid =
+              upstream && SSL_get_verify_result(upstream->native_handle()) != X509_V_OK;
+          co_await reply(
+              row, req.version(), 502, invalid ? "upstream-tls-invalid" : "upstream-unreachable",
+              fmt::format("sbx-proxy: cannot reach {}: {}", r.where.text(), hec.message()), false);
+          unreachable = true;
+          break;
+        }
+        upstream_alive = true;
+        upstream_fresh = true;
+      }
+      upstream_reusable = false;
+      const bool kept_alive = !upstream_fresh;
+      upstream_fresh = false;
+      x = co_await relay_exchange(client, r.client_buf, p, shape, *upstream, upstream_buf,
+                                  chunk.get(), xl);
+      // A kept-alive connection the upstream closed while it sat idle: nothing came back, so
+      // an idempotent request without a body goes once more, on a new connection.
+      const bool stale = kept_alive && attempt == 0 && !has_body && idempotent(req.method()) &&
+                         !x.response_started &&
+                         (x.fail == exchange_result::failure::upstream_read ||
+                          x.fail == exchange_result::failure::upstream_write);
+      if (!stale) break;
+      spdlog::debug("intercept {}: kept-alive upstream connection was closed, retrying",
+                    r.where.text());
+      upstream_alive = false;
+      error_code ignored;
+      beast::get_lowest_layer(*upstream).socket().close(ignored);
+      upstream_buf.consume(upstream_buf.size());
+    }
+    if (unreachable) break;
     row.row.bytes_up = static_cast<std::int64_t>(x.bytes_up);
     row.row.bytes_down = static_cast<std::int64_t>(x.bytes_down);
     connect_row.row.bytes_up += row.row.bytes_up;
@@ -337,12 +502,29 @@ asio::awaitable<void> interception::run(intercept_request& r) {
       break;
     }
     row.finish(x.status);
+    upstream_reusable = x.upstream_reusable && !x.upgraded;
     if (x.upgraded || !x.client_keep_alive || r.draining) break;
     if (!x.upstream_reusable) {
       upstream_alive = false;
       error_code ignored;
       beast::get_lowest_layer(*upstream).socket().shutdown(tcp::socket::shutdown_both, ignored);
       beast::get_lowest_layer(*upstream).close();
+    }
+  }
+
+  // The upstream connection outlives this CONNECT when it is idle and clean: the next intercepted
+  // CONNECT of this sandbox to this host skips the TCP and TLS handshakes.
+  if (upstream && upstream_alive && upstream_reusable && upstream_failure.empty() && !r.draining &&
+      upstream_buf.size() == 0) {
+    error_code ec;
+    auto endpoint = beast::get_lowest_layer(*upstream).socket().remote_endpoint(ec);
+    if (!ec) {
+      auto c = std::make_unique<pooled_upstream>();
+      c->stream = std::move(upstream);
+      c->key = pool_key(generation_, sandbox, r.where);
+      c->endpoint = endpoint;
+      beast::get_lowest_layer(*c->stream).expires_never();
+      upstream_pool::of(r.client.get_executor()).put(std::move(c), r.client.get_executor());
     }
   }
 

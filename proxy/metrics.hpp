@@ -24,6 +24,8 @@ struct metrics {
   std::atomic<std::uint64_t> connection_limit_rejections{0};
   std::atomic<std::uint64_t> credentials_injected{0};
   std::atomic<std::uint64_t> credentials_missing{0};
+  std::atomic<std::uint64_t> upstream_tls_handshakes{0};  // intercepted: new verified upstream TLS
+  std::atomic<std::uint64_t> upstream_tls_reused{0};      // intercepted: an idle one taken again
   std::atomic<std::uint64_t> bytes_up{0};
   std::atomic<std::uint64_t> bytes_down{0};
 

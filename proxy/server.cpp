@@ -426,6 +426,10 @@ class runtime {
     metric("sbx_credentials_total", "counter", "Credential injections, by outcome.",
            {{"outcome=\"injected\"", d(c.credentials_injected)},
             {"outcome=\"missing\"", d(c.credentials_missing)}});
+    metric("sbx_upstream_tls_total", "counter",
+           "Upstream TLS connections of intercepted CONNECTs: new handshakes, idle ones reused.",
+           {{"kind=\"handshake\"", d(c.upstream_tls_handshakes)},
+            {"kind=\"reused\"", d(c.upstream_tls_reused)}});
     metric("sbx_log_queue_depth", "gauge", "Decision rows waiting to be written.",
            {{"", static_cast<double>(log_.queue_depth())}});
     metric("sbx_log_rows_written_total", "counter", "Decision rows committed to policy.db.",

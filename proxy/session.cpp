@@ -359,7 +359,19 @@ asio::awaitable<bool> client_session::handle_connect(request_parser& p, row_buil
 
   auto rules = st_.rules.load();
   policy::facts f{.sandbox = row.row.sandbox, .host = where->host, .port = where->port};
-  auto up = co_await open_upstream(*rules, *cfg_, f);
+  // Interception (credential injection, per-request rules) when it applies; else a blind tunnel.
+  intercept_plan plan;
+  if (st_.intercept) {
+    plan = st_.intercept->plan(*rules, *cfg_, row.row.sandbox, where->host, where->port);
+  }
+  auto choice = co_await choose_upstream(*rules, *cfg_, f);
+  upstream_result up(client_.get_executor());
+  std::shared_ptr<pooled_upstream> pooled;
+  if (plan.intercept && choice.ok()) {
+    pooled =
+        st_.intercept->take_pooled(client_.get_executor(), row.row.sandbox, *where, choice, up);
+  }
+  if (!pooled) co_await connect_upstream(choice, *cfg_, f, up);
   row.set_decision(up.decision);
   if (!up.ok()) {
     if (up.result != upstream_result::outcome::denied &&
@@ -373,22 +385,18 @@ asio::awaitable<bool> client_session::handle_connect(request_parser& p, row_buil
     co_return req.keep_alive() && !draining_;
   }
 
-  // Interception (credential injection, per-request rules) when it applies; else a blind tunnel.
-  if (st_.intercept) {
-    auto plan = st_.intercept->plan(*rules, *cfg_, row.row.sandbox, where->host, where->port);
-    if (plan.intercept) {
-      // A named local passed by reference: GCC 12 destroys a by-value coroutine parameter built
-      // from a temporary aggregate twice.
-      intercept_request request{st_,           cfg_,   client_,  buf_,
-                                std::move(up), *where, row,      std::move(plan),
-                                client_addr_,  idle_,  draining_};
-      co_await st_.intercept->run(request);
-      co_return false;
-    }
-    if (plan.service) {
-      row.row.reason +=
-          fmt::format("; no {} secret stored, tunnelled without injection", plan.service->name);
-    }
+  if (plan.intercept) {
+    // A named local passed by reference: GCC 12 destroys a by-value coroutine parameter built
+    // from a temporary aggregate twice.
+    intercept_request request{st_,           cfg_,   client_,   buf_,
+                              std::move(up), *where, row,       std::move(plan),
+                              client_addr_,  idle_,  draining_, std::move(pooled)};
+    co_await st_.intercept->run(request);
+    co_return false;
+  }
+  if (plan.service) {
+    row.row.reason +=
+        fmt::format("; no {} secret stored, tunnelled without injection", plan.service->name);
   }
 
   metrics::add(st_.counters.routes_tunnel);

@@ -71,10 +71,9 @@ asio::awaitable<resolved> resolve(const config::settings& cfg, std::string_view 
 
 }  // namespace
 
-asio::awaitable<upstream_result> open_upstream(const policy::rule_set& rules,
-                                               const config::settings& cfg, policy::facts f) {
-  auto ex = co_await asio::this_coro::executor;
-  upstream_result out(ex);
+asio::awaitable<upstream_choice> choose_upstream(const policy::rule_set& rules,
+                                                 const config::settings& cfg, policy::facts f) {
+  upstream_choice out;
   using outcome = upstream_result::outcome;
 
   // Decide by name first, so a destination no rule could allow is refused without a DNS query
@@ -95,43 +94,58 @@ asio::awaitable<upstream_result> open_upstream(const policy::rule_set& rules,
     co_return out;
   }
 
-  std::vector<tcp::endpoint> allowed;
-  std::vector<policy::decision> allowed_decisions;
   std::optional<policy::decision> refusal;
   for (const auto& ep : res.endpoints) {
     f.address = to_policy_address(ep.address());
     auto d = rules.decide(f);
     if (d.allowed()) {
-      allowed.push_back(ep);
-      allowed_decisions.push_back(std::move(d));
+      out.allowed.push_back(ep);
+      out.decisions.push_back(std::move(d));
     } else if (!refusal || (d.blocked_address && !refusal->blocked_address)) {
       refusal = std::move(d);
     }
   }
-  if (allowed.empty()) {
+  if (out.allowed.empty()) {
     out.result = refusal && refusal->blocked_address ? outcome::blocked_address : outcome::denied;
     out.decision = refusal ? std::move(*refusal) : std::move(by_name);
-    co_return out;
   }
+  co_return out;
+}
 
+asio::awaitable<void> connect_upstream(upstream_choice& choice, const config::settings& cfg,
+                                       const policy::facts& f, upstream_result& out) {
+  using outcome = upstream_result::outcome;
+  if (!choice.ok()) {
+    out.result = choice.result;
+    out.decision = std::move(choice.decision);
+    out.detail = std::move(choice.detail);
+    co_return;
+  }
   out.stream.expires_after(cfg.lim.connect_timeout);
-  auto [ec, ep] = co_await out.stream.async_connect(allowed, use_nothrow);
+  auto [ec, ep] = co_await out.stream.async_connect(choice.allowed, use_nothrow);
   out.stream.expires_never();
   if (ec) {
     out.result = ec == beast::error::timeout ? outcome::timeout : outcome::unreachable;
-    out.decision = std::move(allowed_decisions.front());
+    out.decision = std::move(choice.decisions.front());
     out.detail = ec == beast::error::timeout
                      ? fmt::format("connecting to {}:{} timed out", f.host, f.port)
                      : fmt::format("cannot connect to {}:{}: {}", f.host, f.port, ec.message());
-    co_return out;
+    co_return;
   }
   std::size_t index = 0;
-  while (index < allowed.size() && allowed[index] != ep)
+  while (index < choice.allowed.size() && choice.allowed[index] != ep)
     ++index;
-  out.decision = std::move(allowed_decisions[index < allowed.size() ? index : 0]);
+  out.decision = std::move(choice.decisions[index < choice.allowed.size() ? index : 0]);
   out.address = to_policy_address(ep.address());
   out.stream.socket().set_option(tcp::no_delay(true), ec);
   out.result = outcome::connected;
+}
+
+asio::awaitable<upstream_result> open_upstream(const policy::rule_set& rules,
+                                               const config::settings& cfg, policy::facts f) {
+  auto choice = co_await choose_upstream(rules, cfg, f);
+  upstream_result out(co_await asio::this_coro::executor);
+  co_await connect_upstream(choice, cfg, f, out);
   co_return out;
 }
 

@@ -25,18 +25,23 @@ struct intercept_plan {
   std::string why;  // "credential openai", "method/path rules", "intercept_all"
 };
 
+// An idle upstream TLS connection, verified, kept by its I/O thread for the next intercepted
+// CONNECT of the same sandbox to the same host (intercept.cpp).
+struct pooled_upstream;
+
 struct intercept_request {
   proxy_state& st;
   std::shared_ptr<const config::settings> cfg;
   beast::tcp_stream& client;
   beast::flat_buffer& client_buf;
-  upstream_result upstream;
+  upstream_result upstream;  // a new TCP connection, when `pooled` is null
   authority where;
   row_builder& connect_row;
   intercept_plan plan;
   const std::string& client_addr;
   bool& idle;
   const bool& draining;
+  std::shared_ptr<pooled_upstream> pooled;  // or an idle verified connection to use again
 };
 
 class interception {
@@ -50,6 +55,13 @@ class interception {
                                     std::uint16_t port) const;
   asio::awaitable<void> run(intercept_request& r);
 
+  // An idle connection this I/O thread kept from an earlier intercepted CONNECT of `sandbox` to
+  // `where`, to one of the addresses policy allows now (`choice`); `up` then gets that address
+  // and its decision. Null when there is none.
+  std::shared_ptr<pooled_upstream> take_pooled(const asio::any_io_executor& ex,
+                                               std::string_view sandbox, const authority& where,
+                                               upstream_choice& choice, upstream_result& up);
+
   [[nodiscard]] credential_cache& credentials() { return *credentials_; }
   [[nodiscard]] certs::server_tls_context& server_context() { return *server_; }
 
@@ -59,6 +71,7 @@ class interception {
   std::shared_ptr<credential_cache> credentials_;
   asio::ssl::context server_asio_;
   asio::ssl::context upstream_asio_;
+  std::uint64_t generation_;  // pooled connections of another instance (older settings) never mix
 };
 
 }  // namespace sbx::proxy::detail

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "config/config.hpp"
 #include "policy/rule.hpp"
@@ -24,6 +25,26 @@ struct upstream_result {
 };
 
 [[nodiscard]] policy::ip_address to_policy_address(const asio::ip::address& a);
+
+// The addresses policy allows for a destination, each with its decision, before any connection.
+struct upstream_choice {
+  upstream_result::outcome result = upstream_result::outcome::connected;  // connected = usable
+  policy::decision decision;  // the refusal, when result says so
+  std::string detail;
+  std::vector<tcp::endpoint> allowed;
+  std::vector<policy::decision> decisions;  // one per allowed endpoint
+  [[nodiscard]] bool ok() const { return result == upstream_result::outcome::connected; }
+};
+
+// Decides by name, resolves (a `resolve` override counts as the DNS answer) and decides again for
+// every address. `f` carries sandbox, host, port and, when known, method and path.
+asio::awaitable<upstream_choice> choose_upstream(const policy::rule_set& rules,
+                                                 const config::settings& cfg, policy::facts f);
+
+// Connects `out` to one of the allowed addresses of `choice` and gives it that address's decision
+// (or the refusal or failure).
+asio::awaitable<void> connect_upstream(upstream_choice& choice, const config::settings& cfg,
+                                       const policy::facts& f, upstream_result& out);
 
 // `f` carries sandbox, host, port and, when known, method and path; its address is filled here.
 asio::awaitable<upstream_result> open_upstream(const policy::rule_set& rules,

@@ -509,7 +509,73 @@ def test_sequential_connects_reuse_the_cached_leaf(start_intercepting, secrets, 
         assert (r.rc, r.status) == (0, 200), r
     after = status_counters(sbx_home)
     assert (after["leaf_mints"], after["leaf_cache_hits"]) == (1, connects - 1), after
-    assert len({g.connection for g in service_upstream.requests}) == connects
+    assert len(service_upstream.requests) == connects
+
+
+# --- upstream connections kept across CONNECTs ---
+
+def upstream_tls_counts(sbx_home):
+    """{"handshake": n, "reused": n} from /metrics."""
+    code, body = control(sbx_home, "GET", "/metrics")
+    assert code == 200, body
+    counts = {}
+    for line in body.decode().splitlines():
+        if line.startswith("sbx_upstream_tls_total{kind="):
+            kind = line.split('"')[1]
+            counts[kind] = int(float(line.rsplit(" ", 1)[1]))
+    return counts
+
+
+def test_sequential_connects_share_one_verified_upstream_connection(
+        start_intercepting, secrets, new_key, service_upstream, sbx_ca, sbx_home, db):
+    key = new_key("openai")
+    secrets.set("openai", key)
+    proxy = start_intercepting(args=["--threads", "1"])
+    connects = 4
+    for i in range(connects):
+        r = proxy.curl(f"https://api.openai.com/v1/models?i={i}", "--cacert", sbx_ca)
+        assert (r.rc, r.status) == (0, 200), r
+    got = service_upstream.requests
+    assert [g.path for g in got] == [f"/v1/models?i={i}" for i in range(connects)]
+    # Each CONNECT is its own client connection; upstream they all rode one TLS connection.
+    assert len({g.connection for g in got}) == 1, [g.connection for g in got]
+    assert service_upstream.handshakes == 1
+    assert all(credential_headers(g) == {"authorization": [f"Bearer {key}"]} for g in got)
+    assert upstream_tls_counts(sbx_home) == {"handshake": 1, "reused": connects - 1}
+    # Every request is still decided and logged on its own.
+    found = rows(db, "route = 'intercept' AND method = 'GET'", count=connects)
+    assert [row["credential"] for row in found] == ["openai"] * connects
+
+
+def test_an_upstream_connection_closed_while_idle_is_replaced(
+        start_intercepting, secrets, new_key, service_upstream, sbx_ca, sbx_home):
+    key = new_key("openai")
+    secrets.set("openai", key)
+    proxy = start_intercepting(args=["--threads", "1"])
+    r = proxy.curl("https://api.openai.com/v1/then-close", "--cacert", sbx_ca)
+    assert (r.rc, r.status) == (0, 200), r
+    time.sleep(0.3)  # the upstream's FIN reaches the idle pooled connection
+    r = proxy.curl("https://api.openai.com/v1/models", "--cacert", sbx_ca)
+    assert (r.rc, r.status) == (0, 200), r
+    got = service_upstream.requests
+    assert [g.path for g in got] == ["/v1/then-close", "/v1/models"]
+    assert got[0].connection != got[1].connection
+    assert credential_headers(got[1]) == {"authorization": [f"Bearer {key}"]}
+    assert upstream_tls_counts(sbx_home) == {"handshake": 2, "reused": 0}
+
+
+def test_pooled_connections_are_not_shared_between_sandboxes(
+        start_intercepting, secrets, new_key, service_upstream, sbx_ca, sbx_home, run_sbx):
+    secrets.set("openai", new_key("openai"))
+    tokens = {name: add_sandbox(run_sbx, name) for name in ("alpha", "beta")}
+    proxy = start_intercepting(args=["--threads", "1"])
+    for name in ("alpha", "beta", "alpha"):
+        r = proxy.curl("https://api.openai.com/v1/models", "--cacert", sbx_ca,
+                       proxy_user=(name, tokens[name]))
+        assert (r.rc, r.status) == (0, 200), r
+    got = service_upstream.requests
+    assert got[0].connection == got[2].connection != got[1].connection
+    assert upstream_tls_counts(sbx_home) == {"handshake": 2, "reused": 1}
 
 
 def test_concurrent_first_connects_mint_one_leaf(start_intercepting, secrets, new_key,

@@ -13,6 +13,8 @@ able to carry an injected secret, so the tests can check every response for it. 
   /v1/upload            any method: counts the body (b"u" * n expected) without keeping it;
                         JSON {"received": n, "pattern_ok": bool}
   /v1/download/N        N bytes of b"d", Content-Length, streamed in 64 KiB writes
+  /v1/then-close        200 JSON like the default, kept alive by its headers, then the connection
+                        is closed (an upstream dropping an idle keep-alive connection)
   anything else         200 JSON {"ok": true, "seq": <index of this request>}
 """
 
@@ -154,6 +156,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._sse(int(query.get("n", "5")), float(query.get("gap", "0.3")))
         elif url.path.startswith("/v1/download/"):
             self._download(int(url.path.rsplit("/", 1)[1]))
+        elif url.path == "/v1/then-close":
+            self._send(200, json.dumps({"ok": True, "seq": seq}).encode(), "application/json")
+            self.close_connection = True
         else:
             self._send(200, json.dumps({"ok": True, "seq": seq}).encode(), "application/json")
 
