@@ -1,5 +1,8 @@
 #include "proxy/detail/tunnel.hpp"
 
+#include <array>
+#include <vector>
+
 namespace sbx::proxy::detail {
 
 using namespace asio::experimental::awaitable_operators;
@@ -23,22 +26,59 @@ asio::awaitable<void> watchdog(const clock::time_point& last, std::chrono::milli
 
 namespace {
 
-// The raw-socket pump: the same loop as pump() but on tcp::socket, where shutdown is direct.
+// Large relay buffers are lent per I/O thread while bytes flow and returned when a read comes back
+// small: a tunnel that sits idle (the usual state of thousands of agent connections) holds only
+// its small buffer per direction.
+class buffer_pool {
+ public:
+  std::unique_ptr<char[]> take() {
+    if (free_.empty()) return std::make_unique<char[]>(tunnel_large_buffer);
+    auto b = std::move(free_.back());
+    free_.pop_back();
+    return b;
+  }
+  void give_back(std::unique_ptr<char[]> b) {
+    if (free_.size() < max_free) free_.push_back(std::move(b));
+  }
+
+ private:
+  static constexpr std::size_t max_free = 64;
+  std::vector<std::unique_ptr<char[]>> free_;
+};
+
+thread_local buffer_pool large_buffers;
+
+// The raw-socket pump: the same loop as pump() but on tcp::socket, where shutdown is direct. It
+// reads into a small buffer; a read that fills it means bytes are flowing, so the next reads use
+// a large one until a read fits in the small one again.
 asio::awaitable<void> pump_socket(tcp::socket& from, tcp::socket& to, std::uint64_t& total,
                                   clock::time_point& last, tcp::socket& a, tcp::socket& b) {
-  auto buf = std::make_unique<char[]>(tunnel_buffer_size);
+  std::array<char, tunnel_small_buffer> small;
+  std::unique_ptr<char[]> large;
+  struct give_back_on_exit {
+    std::unique_ptr<char[]>& large;
+    ~give_back_on_exit() {
+      if (large) large_buffers.give_back(std::move(large));
+    }
+  } guard{large};
   for (;;) {
-    auto [ec, n] =
-        co_await from.async_read_some(asio::buffer(buf.get(), tunnel_buffer_size), use_nothrow);
+    char* data = large ? large.get() : small.data();
+    const std::size_t size = large ? tunnel_large_buffer : small.size();
+    auto [ec, n] = co_await from.async_read_some(asio::buffer(data, size), use_nothrow);
     if (n > 0) {
       last = clock::now();
-      auto [wec, wn] = co_await asio::async_write(to, asio::buffer(buf.get(), n), use_nothrow);
+      auto [wec, wn] = co_await asio::async_write(to, asio::buffer(data, n), use_nothrow);
       total += wn;
       if (wec) {
         error_code ignored;
         a.close(ignored);
         b.close(ignored);
         co_return;
+      }
+      if (!large && n == size) {
+        large = large_buffers.take();
+      } else if (large && n <= small.size()) {
+        large_buffers.give_back(std::move(large));
       }
     }
     if (ec) {

@@ -11,8 +11,12 @@
 
 namespace sbx::proxy::detail {
 
-// 16 KiB per direction: one TLS record, and small enough that thousands of idle tunnels stay cheap.
+// 16 KiB per direction for relays over TLS streams: one TLS record.
 inline constexpr std::size_t tunnel_buffer_size = 16 * 1024;
+// CONNECT tunnels read into a small buffer per direction, enough for a request or an event, and
+// borrow a large one while bulk data flows (tunnel.cpp).
+inline constexpr std::size_t tunnel_small_buffer = 2 * 1024;
+inline constexpr std::size_t tunnel_large_buffer = 64 * 1024;
 
 struct relay_totals {
   std::uint64_t up = 0;    // client -> upstream

@@ -83,6 +83,24 @@ def test_tunnel_passes_half_close_and_the_reply_after_it(run_sbx, start_proxy, e
     assert reply == b"echo:hello through the tunnel"
 
 
+def test_tunnel_relays_small_and_bulk_writes_byte_for_byte(run_sbx, start_proxy, echo):
+    # Small writes, a bulk one and small ones again: the relay moves between its small buffer and
+    # a borrowed large one in both directions and must lose, reorder or repeat nothing.
+    add_rule(run_sbx, "allow", "echo.test")
+    proxy = start_proxy({"resolve": {"echo.test:7000": f"127.0.0.1:{echo.port}"}})
+    pieces = [b"a" * 100, bytes(range(256)) * (3 * 4096), b"b" * 2048, b"c" * 10]
+    with open_tunnel(proxy.port, "echo.test:7000") as sock:
+        sock.settimeout(10)
+        for piece in pieces:
+            sock.sendall(piece)
+            time.sleep(0.05)  # separate reads on the proxy's side
+        sock.shutdown(socket.SHUT_WR)
+        reply = bytearray()
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert bytes(reply) == b"echo:" + b"".join(pieces)
+
+
 def test_idle_tunnel_is_closed_after_the_idle_timeout(run_sbx, start_proxy, echo, db):
     add_rule(run_sbx, "allow", "echo.test")
     proxy = start_proxy({"resolve": {"echo.test:7000": f"127.0.0.1:{echo.port}"},
