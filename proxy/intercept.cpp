@@ -269,7 +269,6 @@ asio::awaitable<void> interception::run(intercept_request& r) {
   }
 
   beast::flat_buffer upstream_buf;
-  auto chunk = std::make_unique<char[]>(body_chunk_size);
   bool upstream_alive = !upstream_ec;
   // No exchange on this connection yet: a failure is not a stale kept-alive connection.
   bool upstream_fresh = !pooled;
@@ -441,6 +440,7 @@ asio::awaitable<void> interception::run(intercept_request& r) {
     const auto shape = prepare_upstream_request(req, origin_form);
     exchange_result x;
     bool unreachable = false;
+    borrowed_buffer chunk;  // held for this exchange only
     for (int attempt = 0;; ++attempt) {
       if (!upstream_alive) {
         if (auto hec = co_await reconnect(); hec) {
@@ -503,6 +503,8 @@ asio::awaitable<void> interception::run(intercept_request& r) {
     }
     row.finish(x.status);
     upstream_reusable = x.upstream_reusable && !x.upgraded;
+    release_if_empty(r.client_buf);
+    release_if_empty(upstream_buf);
     if (x.upgraded || !x.client_keep_alive || r.draining) break;
     if (!x.upstream_reusable) {
       upstream_alive = false;

@@ -1,5 +1,6 @@
 #include "proxy/server.hpp"
 
+#include <malloc.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -300,7 +301,12 @@ class runtime {
       } catch (const std::exception& e) {
         spdlog::error("cannot read rules ({}); keeping the rules in force", e.what());
       }
-      if (++polls_ % secrets_poll_every == 0) refresh_secrets("poll");
+      if (++polls_ % secrets_poll_every == 0) {
+        refresh_secrets("poll");
+        // Heap freed after a burst (thousands of tunnels, many intercepted connections) stays in
+        // glibc's per-thread arenas otherwise; hand the free pages back to the system.
+        malloc_trim(0);
+      }
       schedule_poll();
     });
   }

@@ -178,8 +178,8 @@ void client_session::force_close() {
 }
 
 char* client_session::chunk() {
-  if (!chunk_) chunk_ = std::make_unique<char[]>(body_chunk_size);
-  return chunk_.get();
+  if (!chunk_) chunk_.emplace();
+  return chunk_->get();
 }
 
 asio::awaitable<void> client_session::run() {
@@ -565,6 +565,9 @@ asio::awaitable<bool> client_session::handle_forward(request_parser& p, row_buil
   }
   row.finish(r.status);
   if (!r.upstream_reusable || r.upgraded) upstream_.reset();
+  chunk_.reset();
+  release_if_empty(buf_);
+  if (upstream_) release_if_empty(upstream_->buf);
   co_return r.client_keep_alive && !r.upgraded && !draining_;
 }
 

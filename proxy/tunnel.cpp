@@ -48,6 +48,18 @@ class buffer_pool {
 
 thread_local buffer_pool large_buffers;
 
+}  // namespace
+}  // namespace relay_detail
+
+borrowed_buffer::borrowed_buffer() : data_(relay_detail::large_buffers.take()) {}
+
+borrowed_buffer::~borrowed_buffer() {
+  if (data_) relay_detail::large_buffers.give_back(std::move(data_));
+}
+
+namespace relay_detail {
+namespace {
+
 // The raw-socket pump: the same loop as pump() but on tcp::socket, where shutdown is direct. It
 // reads into a small buffer; a read that fills it means bytes are flowing, so the next reads use
 // a large one until a read fits in the small one again.

@@ -21,6 +21,13 @@ namespace sbx::proxy::detail {
 
 // 64 KiB: large enough that a bulk body moves in few syscalls, small enough per active exchange.
 inline constexpr std::size_t body_chunk_size = 64 * 1024;
+static_assert(body_chunk_size == tunnel_large_buffer, "bodies relay through borrowed_buffer");
+
+// After an exchange: a connection that waits for its next request keeps no read buffer around
+// (a body made it grow to body_chunk_size); bytes already buffered (a pipelined request) stay.
+inline void release_if_empty(beast::flat_buffer& b) {
+  if (b.size() == 0 && b.capacity() > 0) b.shrink_to_fit();
+}
 inline constexpr std::string_view via_value = "1.1 sbx-proxy";
 
 using request_parser = http::request_parser<http::buffer_body>;

@@ -72,7 +72,7 @@ class client_session {
   std::optional<std::string> identity_;  // the connection's sandbox once its first request is in
   bool holds_slot_ = false;
   std::optional<upstream_link> upstream_;
-  std::unique_ptr<char[]> chunk_;
+  std::optional<borrowed_buffer> chunk_;  // while a forwarded body moves
   bool idle_ = false;
   bool draining_ = false;
 };

@@ -18,6 +18,20 @@ inline constexpr std::size_t tunnel_buffer_size = 16 * 1024;
 inline constexpr std::size_t tunnel_small_buffer = 2 * 1024;
 inline constexpr std::size_t tunnel_large_buffer = 64 * 1024;
 
+// A tunnel_large_buffer lent by the calling I/O thread's pool: connections hold one only while
+// bytes move (a body, bulk tunnel reads), not while they sit idle between requests.
+class borrowed_buffer {
+ public:
+  borrowed_buffer();
+  ~borrowed_buffer();
+  borrowed_buffer(const borrowed_buffer&) = delete;
+  borrowed_buffer& operator=(const borrowed_buffer&) = delete;
+  [[nodiscard]] char* get() const { return data_.get(); }
+
+ private:
+  std::unique_ptr<char[]> data_;
+};
+
 struct relay_totals {
   std::uint64_t up = 0;    // client -> upstream
   std::uint64_t down = 0;  // upstream -> client
