@@ -162,6 +162,7 @@ std::shared_ptr<pooled_upstream> interception::take_pooled(const asio::any_io_ex
   const auto at = std::find(choice.allowed.begin(), choice.allowed.end(), c->endpoint);
   up.decision = std::move(choice.decisions[static_cast<std::size_t>(at - choice.allowed.begin())]);
   up.address = to_policy_address(c->endpoint.address());
+  up.endpoint = c->endpoint;
   up.result = upstream_result::outcome::connected;
   return std::shared_ptr<pooled_upstream>(std::move(c));
 }
@@ -282,16 +283,12 @@ asio::awaitable<void> interception::run(intercept_request& r) {
                            .header_limit = static_cast<std::uint32_t>(lim.max_header_bytes)};
 
   // The upstream closed its side after an earlier response: a new connection to the same checked
-  // address, verified again.
+  // address and port (where a `resolve` override sent the first one), verified again.
   auto reconnect = [&]() -> asio::awaitable<error_code> {
     beast::tcp_stream tcp(client.get_executor());
     tcp.expires_after(lim.connect_timeout);
-    const auto addr = r.upstream.address;
-    asio::ip::address ip = addr.v6
-                               ? asio::ip::address(asio::ip::address_v6(addr.bytes))
-                               : asio::ip::address(asio::ip::address_v4(
-                                     {addr.bytes[0], addr.bytes[1], addr.bytes[2], addr.bytes[3]}));
-    auto [cec] = co_await tcp.async_connect(tcp::endpoint(ip, r.where.port), use_nothrow);
+    const auto endpoint = r.upstream.endpoint;
+    auto [cec] = co_await tcp.async_connect(endpoint, use_nothrow);
     if (cec) co_return cec;
     error_code ignored;
     tcp.socket().set_option(tcp::no_delay(true), ignored);

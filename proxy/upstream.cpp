@@ -137,6 +137,7 @@ asio::awaitable<void> connect_upstream(upstream_choice& choice, const config::se
     ++index;
   out.decision = std::move(choice.decisions[index < choice.allowed.size() ? index : 0]);
   out.address = to_policy_address(ep.address());
+  out.endpoint = ep;
   out.stream.socket().set_option(tcp::no_delay(true), ec);
   out.result = outcome::connected;
 }

@@ -18,6 +18,7 @@ struct upstream_result {
   policy::decision decision;  // the decision for the address connected to (or the refusal)
   beast::tcp_stream stream;
   policy::ip_address address;  // the connected address
+  tcp::endpoint endpoint;      // ... and port (a `resolve` override may change the port too)
   std::string detail;          // why it failed, for the response body and the log
 
   explicit upstream_result(const asio::any_io_executor& ex) : stream(ex) {}

@@ -564,6 +564,25 @@ def test_an_upstream_connection_closed_while_idle_is_replaced(
     assert upstream_tls_counts(sbx_home) == {"handshake": 2, "reused": 0}
 
 
+def test_requests_after_the_upstream_closed_a_kept_alive_connection_reach_it_again(
+        start_intercepting, secrets, new_key, service_upstream, sbx_ca):
+    # One client connection, three requests; the upstream drops its connection after the first
+    # (its response said keep-alive). The proxy reconnects to the address it checked, at the port
+    # `resolve` maps to, verifies again and injects again.
+    key = new_key("openai")
+    secrets.set("openai", key)
+    proxy = start_intercepting()
+    with open_tunnel(proxy.port, "api.openai.com", sbx_ca) as tls:
+        for path in ("/v1/then-close", "/v1/models", "/v1/models?again=1"):
+            time.sleep(0.2)  # the upstream's FIN arrives before the next request
+            response = request_over(tls, "GET", "api.openai.com", path)
+            assert response.status == 200, (path, response.status, response.body)
+    got = service_upstream.requests
+    assert [g.path for g in got] == ["/v1/then-close", "/v1/models", "/v1/models?again=1"]
+    assert got[0].connection != got[1].connection == got[2].connection
+    assert all(credential_headers(g) == {"authorization": [f"Bearer {key}"]} for g in got)
+
+
 def test_pooled_connections_are_not_shared_between_sandboxes(
         start_intercepting, secrets, new_key, service_upstream, sbx_ca, sbx_home, run_sbx):
     secrets.set("openai", new_key("openai"))
