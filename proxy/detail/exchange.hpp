@@ -187,13 +187,22 @@ asio::awaitable<relay_status> relay_message(In& in, beast::flat_buffer& in_buf,
   if (!parse_buffered(in_buf, p)) co_return relay_status::read_failed;
   hand_to_serializer(p, chunk);
   for (;;) {
-    if (body_started && body.size > 0) *body_started = true;
-    beast::get_lowest_layer(out).expires_after(write_timeout);
-    auto [wec, wn] = co_await http::async_write(out, sr, use_nothrow);
-    written += wn;
-    if (wec == http::error::need_buffer) wec = {};
-    if (wec) co_return relay_status::write_failed;
-    if (sr.is_done()) break;
+    if (body.size > 0 || !body.more) {  // body bytes to send, or the end of the message
+      if (body_started && body.size > 0) *body_started = true;
+      beast::get_lowest_layer(out).expires_after(write_timeout);
+      auto [wec, wn] = co_await http::async_write(out, sr, use_nothrow);
+      written += wn;
+      if (wec == http::error::need_buffer) wec = {};
+      if (wec) co_return relay_status::write_failed;
+      if (sr.is_done()) break;
+    } else if (!sr.is_header_done()) {
+      // Nothing of the body behind the header yet: the serializer would hold the header back
+      // until the first body bytes, so it goes out alone, now.
+      beast::get_lowest_layer(out).expires_after(write_timeout);
+      auto [wec, wn] = co_await http::async_write_header(out, sr, use_nothrow);
+      written += wn;
+      if (wec) co_return relay_status::write_failed;
+    }
     if (p.is_done()) {
       body.data = nullptr;
       body.size = 0;
