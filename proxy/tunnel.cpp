@@ -1,6 +1,7 @@
 #include "proxy/detail/tunnel.hpp"
 
 #include <array>
+#include <optional>
 #include <vector>
 
 namespace sbx::proxy::detail {
@@ -66,15 +67,9 @@ namespace {
 asio::awaitable<void> pump_socket(tcp::socket& from, tcp::socket& to, std::uint64_t& total,
                                   clock::time_point& last, tcp::socket& a, tcp::socket& b) {
   std::array<char, tunnel_small_buffer> small;
-  std::unique_ptr<char[]> large;
-  struct give_back_on_exit {
-    std::unique_ptr<char[]>& large;
-    ~give_back_on_exit() {
-      if (large) large_buffers.give_back(std::move(large));
-    }
-  } guard{large};
+  std::optional<borrowed_buffer> large;
   for (;;) {
-    char* data = large ? large.get() : small.data();
+    char* data = large ? large->get() : small.data();
     const std::size_t size = large ? tunnel_large_buffer : small.size();
     auto [ec, n] = co_await from.async_read_some(asio::buffer(data, size), use_nothrow);
     if (n > 0) {
@@ -88,9 +83,9 @@ asio::awaitable<void> pump_socket(tcp::socket& from, tcp::socket& to, std::uint6
         co_return;
       }
       if (!large && n == size) {
-        large = large_buffers.take();
+        large.emplace();
       } else if (large && n <= small.size()) {
-        large_buffers.give_back(std::move(large));
+        large.reset();
       }
     }
     if (ec) {

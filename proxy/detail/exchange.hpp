@@ -23,10 +23,17 @@ namespace sbx::proxy::detail {
 inline constexpr std::size_t body_chunk_size = 64 * 1024;
 static_assert(body_chunk_size == tunnel_large_buffer, "bodies relay through borrowed_buffer");
 
-// After an exchange: a connection that waits for its next request keeps no read buffer around
-// (a body made it grow to body_chunk_size); bytes already buffered (a pipelined request) stay.
+// What a read buffer keeps between exchanges: a whole usual header section in one read (Beast
+// sizes reads by the spare capacity, 512 bytes at least), not the body_chunk_size a body grew it
+// to.
+inline constexpr std::size_t idle_read_buffer = 16 * 1024;
+
+// After an exchange: a connection that waits for its next request gives back what a body made its
+// read buffer grow to; bytes already buffered (a pipelined request) stay.
 inline void release_if_empty(beast::flat_buffer& b) {
-  if (b.size() == 0 && b.capacity() > 0) b.shrink_to_fit();
+  if (b.size() != 0 || b.capacity() <= idle_read_buffer) return;
+  b.shrink_to_fit();
+  b.reserve(idle_read_buffer);
 }
 inline constexpr std::string_view via_value = "1.1 sbx-proxy";
 
