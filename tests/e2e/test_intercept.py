@@ -583,6 +583,21 @@ def test_requests_after_the_upstream_closed_a_kept_alive_connection_reach_it_aga
     assert all(credential_headers(g) == {"authorization": [f"Bearer {key}"]} for g in got)
 
 
+def test_a_post_that_meets_a_closed_kept_alive_connection_is_not_sent_again(
+        start_intercepting, secrets, new_key, service_upstream, sbx_ca):
+    # Not idempotent: the proxy cannot know whether it reached the upstream, so it answers 502
+    # instead of sending it a second time.
+    secrets.set("openai", new_key("openai"))
+    proxy = start_intercepting()
+    with open_tunnel(proxy.port, "api.openai.com", sbx_ca) as tls:
+        assert request_over(tls, "GET", "api.openai.com", "/v1/then-close").status == 200
+        time.sleep(0.2)  # the upstream's FIN arrives before the next request
+        response = request_over(tls, "POST", "api.openai.com", "/v1/chat/completions")
+    assert response.status == 502, (response.status, response.body)
+    assert response.get("X-Proxy-Error") == "upstream-unreachable"
+    assert [g.path for g in service_upstream.requests] == ["/v1/then-close"]
+
+
 def test_pooled_connections_are_not_shared_between_sandboxes(
         start_intercepting, secrets, new_key, service_upstream, sbx_ca, sbx_home, run_sbx):
     secrets.set("openai", new_key("openai"))

@@ -71,76 +71,84 @@ void run(F body) {
   if (failed) std::rethrow_exception(failed);
 }
 
+// The relay's two sides over loopback: `upstream_peer` plays the origin and writes into `in`;
+// what the relay writes to `out` arrives at `client_peer`. Held by shared_ptr so a relay still
+// running when a failed check ends the test keeps it alive.
+struct relay_wires {
+  relay_wires(tcp::socket origin, tcp::socket upstream_side, tcp::socket client_side,
+              tcp::socket client)
+      : upstream_peer(std::move(origin)),
+        client_peer(std::move(client)),
+        in(std::move(upstream_side)),
+        out_tcp(std::move(client_side)) {}
+
+  tcp::socket upstream_peer;
+  tcp::socket client_peer;
+  beast::tcp_stream in;
+  beast::tcp_stream out_tcp;
+  counting_stream out{out_tcp};
+  beast::flat_buffer in_buf;
+  response_parser p;
+  std::unique_ptr<char[]> chunk = std::make_unique<char[]>(body_chunk_size);
+  std::uint64_t written = 0;
+
+  asio::awaitable<exchange_detail::relay_status> relay() {
+    co_return co_await exchange_detail::relay_message(in, in_buf, p, out, chunk.get(), 2000ms,
+                                                      2000ms, written);
+  }
+};
+
+// Connects both sides, has the origin send `sent` and parses the response header from it.
+asio::awaitable<std::shared_ptr<relay_wires>> wire_up(std::string_view sent) {
+  auto [upstream_peer, upstream_side] = co_await socket_pair();
+  auto [client_side, client_peer] = co_await socket_pair();
+  auto w = std::make_shared<relay_wires>(std::move(upstream_peer), std::move(upstream_side),
+                                         std::move(client_side), std::move(client_peer));
+  co_await asio::async_write(w->upstream_peer, asio::buffer(sent), asio::use_awaitable);
+  auto [ec, n] = co_await http::async_read_header(w->in, w->in_buf, w->p, use_nothrow);
+  REQUIRE(!ec);
+  co_return w;
+}
+
 }  // namespace
 
 TEST_CASE("a small response leaves in one write, header and body together") {
   run([]() -> asio::awaitable<void> {
-    auto [upstream_peer, upstream_side] = co_await socket_pair();
-    auto [client_side, client_peer] = co_await socket_pair();
-    beast::tcp_stream in(std::move(upstream_side));
-    beast::tcp_stream out_tcp(std::move(client_side));
-    counting_stream out{out_tcp};
-
     const std::string response =
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n"
         "{\"ok\":true}";
-    co_await asio::async_write(upstream_peer, asio::buffer(response), asio::use_awaitable);
-
-    beast::flat_buffer in_buf;
-    response_parser p;
-    auto [ec, n] = co_await http::async_read_header(in, in_buf, p, use_nothrow);
-    REQUIRE(!ec);
-    auto chunk = std::make_unique<char[]>(body_chunk_size);
-    std::uint64_t written = 0;
-    auto status = co_await exchange_detail::relay_message(in, in_buf, p, out, chunk.get(), 2000ms,
-                                                          2000ms, written);
-    CHECK(status == exchange_detail::relay_status::ok);
-    CHECK(out.writes == 1);
-    CHECK(written == response.size());
-    CHECK(co_await read_until(client_peer, "", "{\"ok\":true}") == response);
+    auto w = co_await wire_up(response);
+    CHECK(co_await w->relay() == exchange_detail::relay_status::ok);
+    CHECK(w->out.writes == 1);
+    CHECK(w->written == response.size());
+    CHECK(co_await read_until(w->client_peer, "", "{\"ok\":true}") == response);
   });
 }
 
 TEST_CASE("a header whose body has not arrived yet is written at once, the body when it comes") {
   run([]() -> asio::awaitable<void> {
-    auto [upstream_peer, upstream_side] = co_await socket_pair();
-    auto [client_side, client_peer] = co_await socket_pair();
-    beast::tcp_stream in(std::move(upstream_side));
-    beast::tcp_stream out_tcp(std::move(client_side));
-    counting_stream out{out_tcp};
-
     const std::string head =
         "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
-    co_await asio::async_write(upstream_peer, asio::buffer(head), asio::use_awaitable);
-    beast::flat_buffer in_buf;
-    response_parser p;
-    auto [ec, n] = co_await http::async_read_header(in, in_buf, p, use_nothrow);
-    REQUIRE(!ec);
-
-    auto chunk = std::make_unique<char[]>(body_chunk_size);
-    std::uint64_t written = 0;
-    bool relayed = false;
+    auto w = co_await wire_up(head);
+    auto relayed = std::make_shared<bool>(false);
     auto ex = co_await asio::this_coro::executor;
     asio::co_spawn(
         ex,
-        [&]() -> asio::awaitable<void> {
-          auto s = co_await exchange_detail::relay_message(in, in_buf, p, out, chunk.get(), 2000ms,
-                                                           2000ms, written);
-          CHECK(s == exchange_detail::relay_status::ok);
-          relayed = true;
+        [w, relayed]() -> asio::awaitable<void> {
+          CHECK(co_await w->relay() == exchange_detail::relay_status::ok);
+          *relayed = true;
         },
         asio::detached);
 
-    // The client has the header while the upstream has sent no event yet.
-    CHECK(co_await read_until(client_peer, "", "\r\n\r\n") == head);
-    CHECK(!relayed);
-    co_await asio::async_write(upstream_peer,
+    // The client has the header while the origin has sent no event yet.
+    CHECK(co_await read_until(w->client_peer, "", "\r\n\r\n") == head);
+    CHECK(!*relayed);
+    co_await asio::async_write(w->upstream_peer,
                                asio::buffer(std::string_view("5\r\nhello\r\n0\r\n\r\n")),
                                asio::use_awaitable);
-    const auto rest = co_await read_until(client_peer, "", "0\r\n\r\n");
-    CHECK(rest == "5\r\nhello\r\n0\r\n\r\n");
+    CHECK(co_await read_until(w->client_peer, "", "0\r\n\r\n") == "5\r\nhello\r\n0\r\n\r\n");
     asio::steady_timer settle(ex, 50ms);
     co_await settle.async_wait(asio::use_awaitable);
-    CHECK(relayed);
+    CHECK(*relayed);
   });
 }
