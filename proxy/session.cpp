@@ -365,7 +365,7 @@ asio::awaitable<bool> client_session::on_connect(request_parser& p, row_builder&
   auto [ec, n] = co_await asio::async_write(client_, asio::buffer(established), use_nothrow);
   client_.expires_never();
   if (ec) {
-    row.finish(0);
+    co_await row.finish(0);
     co_return false;
   }
   std::string initial(static_cast<const char*>(buf_.data().data()), buf_.size());
@@ -382,7 +382,7 @@ asio::awaitable<bool> client_session::on_connect(request_parser& p, row_builder&
   row.row.bytes_up = static_cast<std::int64_t>(totals.up);
   row.row.bytes_down = static_cast<std::int64_t>(totals.down);
   if (totals.idle_timeout) row.row.reason += "; closed after idle timeout";
-  row.finish(200);
+  co_await row.finish(200);
   co_return false;
 }
 

@@ -12,8 +12,6 @@ import http.client
 import sqlite3
 import time
 
-import pytest
-
 from e2e_support.cli import add_rule
 from e2e_support.intercept_clients import control
 
@@ -40,10 +38,6 @@ def waits(sbx_home):
     raise AssertionError("no sbx_decision_log_waits_total in /metrics")
 
 
-# Strict: until the sessions record through record_row (proxy/detail/log_writer.hpp) instead of
-# the blocking decision_log::record, the single I/O thread stalls and this fails; once they do,
-# it passes and the mark must go.
-@pytest.mark.xfail(strict=True, reason="row_builder::finish still calls the blocking record()")
 def test_full_log_queue_waits_without_stalling_the_thread(start_proxy, run_sbx, sbx_home, db,
                                                           upstreams):
     add_rule(run_sbx, "allow", "allowed.test")
