@@ -106,13 +106,23 @@ class Load:
             t.join(timeout=15)
 
 
+def committed_rows(db):
+    [row] = db.rows("SELECT count(*) AS n FROM decisions WHERE host = 'allowed.test'")
+    return row["n"]
+
+
 def test_kill_9_under_load_loses_at_most_the_last_group_commit(start_proxy, run_sbx, pki, db,
                                                                 upstreams):
     add_rule(run_sbx, "allow", "allowed.test")
     proxy = start_proxy()
     load = Load(proxy.port, pki.ca_cert)
     load.start()
-    time.sleep(LOAD_S)
+    # Meanwhile, what another reader saw committed: a kill must never take back a commit.
+    seen_committed = 0
+    deadline = time.monotonic() + LOAD_S
+    while time.monotonic() < deadline:
+        seen_committed = max(seen_committed, committed_rows(db))
+        time.sleep(0.05)
     # Under load: the clients are mid-request when the proxy dies.
     load.note_kill()
     proxy.kill()  # SIGKILL
@@ -125,8 +135,8 @@ def test_kill_9_under_load_loses_at_most_the_last_group_commit(start_proxy, run_
 
     # The database a kill -9 left behind is consistent (the reader replays the WAL).
     assert db.rows("PRAGMA integrity_check") == [{"integrity_check": "ok"}]
-    [row] = db.rows("SELECT count(*) AS n FROM decisions WHERE host = 'allowed.test'")
-    stored = row["n"]
+    stored = committed_rows(db)
+    assert seen_committed > 0 and stored >= seen_committed, (seen_committed, stored)
     in_flight = FORWARD_THREADS + FORWARD_NEWCONN_THREADS + TUNNEL_THREADS
     print(f"completed={len(completed)} in the last {LOSS_WINDOW_S * 1000:.0f} ms={recent} "
           f"rows={stored} missing={len(completed) - stored}")
