@@ -208,8 +208,8 @@ asio::awaitable<void> checked_pump(tcp::socket& client, tcp::socket& upstream,
                                    clock::time_point& last, const first_flight_check& check,
                                    std::chrono::milliseconds timeout,
                                    std::optional<policy::decision>& refused) {
-  const bool go_on = co_await relay_first_flight(client, upstream, initial, total, last, check,
-                                                 timeout, refused);
+  const bool go_on =
+      co_await relay_first_flight(client, upstream, initial, total, last, check, timeout, refused);
   if (go_on) co_await pump_socket(client, upstream, total, last, client, upstream);
 }
 
