@@ -311,7 +311,7 @@ bool request_may_match(const rule& r, const facts& f) {
   if (!r.path.empty()) {
     if (f.path.empty()) {
       unknown = true;
-    } else if (!path_matches(r.path, f.path)) {
+    } else if (!path_matches(r.path, f.path, /*fold_case=*/r.act == action::deny)) {
       return false;
     }
   }
