@@ -177,6 +177,12 @@ struct rule_index;
 //   conditions is treated as: allow -> matches (the requests will be checked one by one once
 //   intercepted), deny -> does not match (it can only be judged per request).
 // - Any matching deny wins. Otherwise any matching allow allows. Otherwise default deny.
+// - Network (CIDR) allow rules allow IP-literal hosts, and names some name rule (host, wildcard,
+//   **) allows: a name that only a CIDR allow matches is denied, with or without facts.address.
+//   So the caller decides a name first without an address and resolves it only when allowed: a
+//   denied name never reaches a resolver (where a sandbox could hide data in it). Once resolved,
+//   CIDR rules still judge each address: a CIDR deny refuses it, and a CIDR allow containing a
+//   blocked address unlocks it (below).
 // - Then, when facts.address is set and in a blocked range, an allow stands only if an allow rule
 //   of kind host names exactly facts.host, or a network allow rule contains the address. (Either
 //   rule must itself match the facts, port included.) When facts.address is absent and facts.host
@@ -190,11 +196,6 @@ class rule_set {
   explicit rule_set(std::vector<rule> rules);
 
   [[nodiscard]] decision decide(const facts& f) const;
-
-  // True when some allow rule in scope is a network (CIDR) rule: then a host that no name rule
-  // allows may still be allowed by its resolved address, so the caller must resolve and decide
-  // again.
-  [[nodiscard]] bool has_network_allow(std::string_view sandbox) const;
 
   // True when a rule in scope with method/path conditions matches this host and port: the proxy
   // must intercept the tunnel so it can judge each request.

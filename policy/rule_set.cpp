@@ -113,7 +113,6 @@ struct scope_index {
   std::unordered_map<std::string, host_bucket, suffix_hash, suffix_equal> hosts;
   std::vector<network_table> networks;
   std::vector<entry> everything;
-  bool has_network_allow = false;
 };
 
 struct rule_index {
@@ -377,7 +376,6 @@ rule_set::rule_set(std::vector<rule> rules) : rules_(std::move(rules)) {
         break;
       case resource::kind::network:
         add_network(scope, {e, r.res.network});
-        if (r.act == action::allow) scope.has_network_allow = true;
         break;
       case resource::kind::everything:
         scope.everything.push_back(e);
@@ -399,6 +397,7 @@ decision rule_set::decide(const facts& f) const {
   most_specific deny;
   most_specific allow;
   most_specific exception;  // allows that may reach a blocked address
+  bool allowed_by_name = false;
   const auto consider = [&](const entry& e, const ip_network* network) {
     if (e.has_http && !request_may_match(rules_[e.position], f)) return;
     if (e.act == action::deny) {
@@ -406,6 +405,7 @@ decision rule_set::decide(const facts& f) const {
       return;
     }
     allow.offer(e);
+    allowed_by_name = allowed_by_name || e.kind != resource::kind::network;
     if (e.kind == resource::kind::host || (network && address && network->contains(*address))) {
       exception.offer(e);
     }
@@ -422,7 +422,10 @@ decision rule_set::decide(const facts& f) const {
     d.reason = rule_reason("denied", deny.best->id, index_->descriptions[deny.best->position]);
     return d;
   }
-  if (!allow.best) {
+  // A CIDR allow alone does not allow a name: the proxy resolves only names a name rule allows, so
+  // that a denied name never reaches a resolver, and decide() answers the same with or without the
+  // address.
+  if (!allow.best || (!host.literal() && !allowed_by_name)) {
     d.reason = default_deny_reason;
     return d;
   }
@@ -442,14 +445,6 @@ decision rule_set::decide(const facts& f) const {
   d.rule_id = decisive->id;
   d.reason = rule_reason("allowed", decisive->id, index_->descriptions[decisive->position]);
   return d;
-}
-
-bool rule_set::has_network_allow(std::string_view sandbox) const {
-  if (!index_) return false;
-  if (index_->global.has_network_allow) return true;
-  if (sandbox.empty()) return false;
-  const auto it = index_->sandboxes.find(sandbox);
-  return it != index_->sandboxes.end() && it->second.has_network_allow;
 }
 
 bool rule_set::needs_interception(std::string_view sandbox, std::string_view host,
