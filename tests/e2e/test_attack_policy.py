@@ -304,3 +304,24 @@ def test_policy_check_agrees_with_the_proxy_and_resolves_nothing(run_sbx, tmp_pa
     # Targets are parsed as the proxy parses them.
     assert check("HTTP://DB.Corp.Example.:8080/path")["host"] == "db.corp.example"
     assert check("HTTP://DB.Corp.Example.:8080/path")["port"] == 8080
+
+
+def test_an_ip_literal_in_a_blocked_range_is_refused_as_a_blocked_address(run_sbx, start_proxy,
+                                                                          upstreams, db):
+    ok(run_sbx("policy", "init", "deny-all"))
+    add_rule(run_sbx, "allow", "**")  # allows the literal by name; no CIDR rule in play
+    add_rule(run_sbx, "allow", HOST)  # the exact host unlocks its loopback address
+    proxy = start_proxy()
+    for request in (b"CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n",
+                    b"GET http://127.0.0.1:%d/echo HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                    b"Connection: close\r\n\r\n"):
+        r = proxy.raw(request % (upstreams.http.port, upstreams.http.port))
+        assert (r.status, r.get("X-Proxy-Error")) == (403, "blocked-address"), (r.status, r.body)
+    assert upstreams.received() == []
+    rows = db.wait_rows("SELECT * FROM decisions WHERE host = '127.0.0.1'", count=2)
+    assert {(row["decision"], row["status"]) for row in rows} == {("deny", 403)}
+    assert all("blocked address range (loopback)" in row["reason"] for row in rows)
+    # Normal traffic is still served.
+    r = forward_get(proxy, "/echo")
+    assert r.status == 200, (r.status, r.body)
+    assert [g.path for g in upstreams.http.requests] == ["/echo"]
