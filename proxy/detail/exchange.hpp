@@ -12,6 +12,7 @@
 #include <string>
 #include <string_view>
 
+#include <fmt/format.h>
 #include <boost/beast/core/string.hpp>
 
 #include "proxy/detail/net.hpp"
@@ -23,6 +24,11 @@ namespace sbx::proxy::detail {
 // 64 KiB: large enough that a bulk body moves in few syscalls, small enough per active exchange.
 inline constexpr std::size_t body_chunk_size = 64 * 1024;
 static_assert(body_chunk_size == tunnel_large_buffer, "bodies relay through borrowed_buffer");
+
+// The longest chunk-size line (with its extensions) or trailer section a relayed body may have.
+// Beast (1.81) puts no limit on them: without this bound a peer sending an endless chunk
+// extension would grow the read buffer without end.
+inline constexpr std::size_t max_chunk_header_bytes = 64 * 1024;
 
 // What a read buffer keeps between exchanges: a whole usual header section in one read (Beast
 // sizes reads by the spare capacity, 512 bytes at least), not the body_chunk_size a body grew it
@@ -234,6 +240,14 @@ asio::awaitable<relay_status> relay_message(In& in, beast::flat_buffer& in_buf,
   // every body byte on into `chunk`, so in_buf would never grow and a body would move 512 bytes
   // (one TLS record) at a time: give it room for a whole chunk.
   if (!p.is_done() && in_buf.capacity() < body_chunk_size) in_buf.reserve(body_chunk_size);
+  // Beast's read loops until the parser can go on; bounding the buffer is what makes an endless
+  // chunk line end (with http::error::buffer_overflow, a framing error) instead of growing it.
+  struct bound_guard {
+    beast::flat_buffer& b;
+    std::size_t old = b.max_size();
+    ~bound_guard() { b.max_size(old); }
+  } bound{in_buf};
+  in_buf.max_size(std::max(in_buf.size(), body_chunk_size) + max_chunk_header_bytes);
   auto& body = p.get().body();
   body.data = chunk;
   body.size = body_chunk_size;
@@ -347,7 +361,10 @@ asio::awaitable<exchange_result> relay_exchange(Client& client, beast::flat_buff
                                                       &r.request_body_started, &framing);
   if (sent == relay_status::bad_framing) {
     r.fail = failure::client_framing;
-    r.detail = framing.message();
+    r.detail = framing == http::error::buffer_overflow
+                   ? fmt::format("a chunk-size line or trailer section longer than {} bytes",
+                                 max_chunk_header_bytes)
+                   : framing.message();
     co_return r;
   }
   if (sent == relay_status::read_failed || sent == relay_status::read_timeout) {
