@@ -247,7 +247,7 @@ asio::awaitable<relay_status> relay_message(In& in, beast::flat_buffer& in_buf,
     std::size_t old = b.max_size();
     ~bound_guard() { b.max_size(old); }
   } bound{in_buf};
-  in_buf.max_size(std::max(in_buf.size(), body_chunk_size) + max_chunk_header_bytes);
+  in_buf.max_size(std::max(in_buf.size(), max_chunk_header_bytes));
   auto& body = p.get().body();
   body.data = chunk;
   body.size = body_chunk_size;
