@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -24,6 +25,33 @@ std::optional<std::uint16_t> parse_port(std::string_view s) {
   auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
   if (ec != std::errc{} || p != s.data() + s.size() || v == 0 || v > 65535) return std::nullopt;
   return static_cast<std::uint16_t>(v);
+}
+
+// RFC 9110 §5.6.2 tchar.
+bool is_tchar(char c) {
+  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
+  return std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+}
+
+std::string_view trim_ows(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
+    s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
+    s.remove_suffix(1);
+  return s;
+}
+
+// The elements of a comma-separated list (RFC 9110 §5.6.1), OWS trimmed, empty ones kept (so a
+// caller can refuse them).
+std::vector<std::string_view> list_elements(std::string_view value) {
+  std::vector<std::string_view> out;
+  for (;;) {
+    const auto comma = value.find(',');
+    out.push_back(trim_ows(value.substr(0, comma)));
+    if (comma == std::string_view::npos) break;
+    value.remove_prefix(comma + 1);
+  }
+  return out;
 }
 
 bool valid_reg_name_char(char c) {
@@ -56,6 +84,60 @@ std::string check_raw_head(std::string_view head) {
     }
   }
   return {};
+}
+
+std::string check_request_line(std::string_view line) {
+  const auto sp1 = line.find(' ');
+  if (sp1 == std::string_view::npos) {
+    return "request line without a target and HTTP version";
+  }
+  const auto method = line.substr(0, sp1);
+  if (method.empty() || !std::all_of(method.begin(), method.end(), is_tchar)) {
+    return "invalid method in request line";
+  }
+  const auto rest = line.substr(sp1 + 1);
+  const auto sp2 = rest.find(' ');
+  if (sp2 == std::string_view::npos) {
+    // "GET /path" and nothing more: an HTTP/0.9 request, which has no headers and no framing.
+    return "request line without an HTTP version (HTTP/0.9 is not supported)";
+  }
+  const auto target = rest.substr(0, sp2);
+  const auto version = rest.substr(sp2 + 1);
+  if (target.empty() || version.find(' ') != std::string_view::npos) {
+    return "request line must be: method, one space, target, one space, version";
+  }
+  for (char ch : target) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c <= 0x20 || c >= 0x7f) return "request target with a character outside visible ASCII";
+    if (c == '#') return "request target with a #fragment (never sent in a request, RFC 9112 §3.2)";
+  }
+  if (version != "HTTP/1.1" && version != "HTTP/1.0") {
+    return "unsupported HTTP version (only HTTP/1.0 and HTTP/1.1, upper-case)";
+  }
+  return {};
+}
+
+std::string check_transfer_encoding(std::string_view value) {
+  const auto codings = list_elements(value);
+  if (codings.size() != 1 || !iequals(codings.front(), "chunked")) {
+    return "Transfer-Encoding must be exactly \"chunked\" (RFC 9112 §6.1)";
+  }
+  return {};
+}
+
+std::string check_content_length(std::string_view value) {
+  const auto v = trim_ows(value);
+  if (v.empty() || v.size() > 18 ||
+      !std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    return "invalid Content-Length";
+  }
+  if (v.size() > 1 && v.front() == '0') return "Content-Length with a leading zero";
+  return {};
+}
+
+bool upgrade_is_websocket(std::string_view value) {
+  const auto protocols = list_elements(value);
+  return protocols.size() == 1 && iequals(protocols.front(), "websocket");
 }
 
 std::string authority::text() const {
@@ -140,9 +222,9 @@ std::optional<absolute_target> parse_absolute_target(std::string_view target) {
 bool is_hop_by_hop(std::string_view name) {
   // Transfer-Encoding is hop-by-hop too, but it is the message framing: the serializer re-frames
   // each relayed body, so callers keep it.
-  static constexpr std::array<std::string_view, 7> fields = {
+  static constexpr std::array<std::string_view, 8> fields = {
       "connection",         "keep-alive", "proxy-connection", "proxy-authorization",
-      "proxy-authenticate", "te",         "upgrade"};
+      "proxy-authenticate", "te",         "upgrade",          "http2-settings"};
   return std::any_of(fields.begin(), fields.end(),
                      [&](std::string_view f) { return iequals(f, name); });
 }

@@ -101,7 +101,9 @@ class intercept_route {
     const auto host_field = sv(req[http::field::host]);
     auto host = parse_authority(host_field, 443);
     if (!host || host->host != r_.where.host || host->port != r_.where.port) {
-      return bad_request(fmt::format("Host \"{}\" does not match the CONNECT target {}", host_field,
+      // Not quoted past a '?', '/' or '#': a query string is never logged.
+      return bad_request(fmt::format("Host \"{}\" does not match the CONNECT target {}",
+                                     host_field.substr(0, host_field.find_first_of("?/#")),
                                      r_.where.text()));
     }
     return std::nullopt;

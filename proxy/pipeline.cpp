@@ -124,7 +124,22 @@ std::optional<refusal> exchange_refusal(const exchange_result& x, std::string_vi
                      .code = "upstream-timeout",
                      .text = fmt::format("sbx-proxy: {} did not respond in time", where),
                      .reason = "upstream did not respond in time"};
+    case failure::client_framing:
+      // A malformed chunked request body (RFC 9112 §7.1); the upstream connection, which may have
+      // had part of the request, is dropped by the caller.
+      {
+        auto r = bad_request("malformed chunked request body: " + x.detail);
+        r.reason = r.text.substr(std::string_view("sbx-proxy: ").size());  // "bad request: ..."
+        return r;
+      }
     case failure::upstream_read:
+      if (!x.detail.empty()) {  // a response that cannot be relayed (a 101 nobody asked for)
+        return refusal{.status = 502,
+                       .code = "upstream-unreachable",
+                       .text = fmt::format("sbx-proxy: {}: {}", where, x.detail),
+                       .reason = x.detail};
+      }
+      [[fallthrough]];
     case failure::upstream_write:
       return refusal{
           .status = 502,

@@ -243,8 +243,10 @@ std::optional<refusal> client_session::target(http::request<http::buffer_body>& 
     auto h = parse_authority(host_field, 80);
     if (!h || h->host != tgt->where.host || h->port != tgt->where.port) {
       // The query string is never logged.
+      // Neither quoted past a '?', '/' or '#': a query string is never logged.
       return bad_request(fmt::format("Host header \"{}\" does not match the request target \"{}\"",
-                                     host_field, raw.substr(0, raw.find('?'))));
+                                     host_field.substr(0, host_field.find_first_of("?/#")),
+                                     raw.substr(0, raw.find('?'))));
     }
   }
   return std::nullopt;

@@ -166,7 +166,8 @@ asio::awaitable<bool> serve_request(Route& route, pipeline_env env) {
 
   {
     std::string_view head(static_cast<const char*>(route.client_buf().data().data()), head_len);
-    if (auto sp = head.find(' '); sp != std::string_view::npos && sp < 32) {
+    // Up to any whitespace: a malformed line ("GET\t/x?q") must not put its target in the row.
+    if (auto sp = head.find_first_of(" \t\r\n"); sp != std::string_view::npos && sp < 32) {
       row.row.method = std::string(head.substr(0, sp));
     }
   }
@@ -264,9 +265,10 @@ asio::awaitable<bool> serve_request(Route& route, pipeline_env env) {
     x = co_await route.relay(p, shape, chunk.get(), xl);
     using failure = exchange_result::failure;
     // The one retry rule: a kept-alive upstream connection that the upstream closed while it sat
-    // idle, nothing of the request body or response moved, and the method is idempotent.
+    // idle, nothing of the request body or response moved, and the method is idempotent. (Not a
+    // response refused for what it said: x.detail.)
     const bool stale = kept_alive && attempt == 0 && !has_body && idempotent(req.method()) &&
-                       !x.response_started && !x.request_body_started &&
+                       !x.response_started && !x.request_body_started && x.detail.empty() &&
                        (x.fail == failure::upstream_write || x.fail == failure::upstream_read);
     if (!stale) break;
     route.drop_upstream();

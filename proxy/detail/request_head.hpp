@@ -14,33 +14,48 @@ namespace sbx::proxy::detail {
 
 enum class head_result { ok, closed, too_large, timeout };
 
-// Reads until `buf` holds a complete head (ending in an empty line), with two deadlines: the
-// keep-alive idle timeout until the first byte, then header_timeout for the whole head (so a
-// client trickling bytes cannot hold a connection forever). `idle` is true while waiting for the
-// first byte; a `draining` session stops waiting. On ok, head_len is the head's size in buf.
+// Where a head being read stands: the scan for line ends (resumable as bytes arrive) stops at
+// the end of the head, or at the first byte that means the head is malformed and need not be
+// waited for.
+struct head_scan {
+  std::size_t scanned = 0;       // bytes already looked at
+  bool request_line_ok = false;  // the first line is complete and well-formed
+
+  // The size of the head to hand to parse_request_head once it can be judged (complete, or
+  // malformed in its first `n` bytes), else 0 (more bytes needed).
+  std::size_t advance(std::string_view data);
+};
+
+// Reads until `buf` holds a head to judge, with two deadlines: the keep-alive idle timeout until
+// the first byte, then header_timeout for the whole head (so a client trickling bytes cannot hold
+// a connection forever). `idle` is true while waiting for the first byte; a `draining` session
+// stops waiting. On ok, head_len is the size in buf of what parse_request_head is to judge: a
+// complete head (ending in an empty line), or, as soon as it is certain to be refused, the bytes
+// up to the first bare CR or LF (RFC 9112 §2.2: refused, not accepted, since parsers that accept
+// a bare LF disagree with those that do not about where fields end) or up to the end of a request
+// line that is not HTTP/1.x (HTTP/0.9 has no head to wait for). Never a wait for an end that a
+// malformed head will not send.
 template <class Stream>
 asio::awaitable<head_result> read_request_head(Stream& stream, beast::flat_buffer& buf,
                                                const config::limits& lim, bool& idle,
                                                const bool& draining, std::size_t& head_len) {
   using clock = std::chrono::steady_clock;
   std::optional<clock::time_point> deadline;
-  std::size_t scanned = 0;
+  head_scan scan;
   for (;;) {
     // RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request-line.
     while (buf.size() >= 2) {
       auto d = static_cast<const char*>(buf.data().data());
       if (d[0] != '\r' || d[1] != '\n') break;
       buf.consume(2);
-      scanned = 0;
+      scan = {};
     }
     std::string_view data(static_cast<const char*>(buf.data().data()), buf.size());
-    if (auto end = data.find("\r\n\r\n", scanned > 3 ? scanned - 3 : 0);
-        end != std::string_view::npos) {
-      head_len = end + 4;
+    if (auto n = scan.advance(data); n > 0) {
+      head_len = n;
       co_return head_len > lim.max_header_bytes ? head_result::too_large : head_result::ok;
     }
     if (buf.size() > lim.max_header_bytes) co_return head_result::too_large;
-    scanned = buf.size();
 
     auto& lowest = beast::get_lowest_layer(stream);
     if (buf.size() == 0 && !deadline) {
@@ -70,8 +85,12 @@ asio::awaitable<head_result> read_request_head(Stream& stream, beast::flat_buffe
                                                                  std::string_view text,
                                                                  bool keep_alive);
 
+// More header fields than any client sends; each costs the parser an allocation.
+inline constexpr std::size_t max_header_fields = 200;
+
 // Checks the raw head in buf[0, head_len), parses it into `p`, consumes it from `buf`, and applies
-// the framing checks Beast leaves to applications. Returns the reason for a 400, empty if fine.
+// the framing checks Beast leaves to applications. Returns the reason for a 400, empty if fine;
+// the reason never quotes the request target (it may carry a query string).
 [[nodiscard]] std::string parse_request_head(beast::flat_buffer& buf, std::size_t head_len,
                                              std::size_t max_header_bytes, request_parser& p);
 
