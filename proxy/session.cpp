@@ -52,98 +52,7 @@ std::optional<std::string> decode_base64(std::string_view in) {
   return out;
 }
 
-const char* outcome_code(upstream_result::outcome o) {
-  using outcome = upstream_result::outcome;
-  switch (o) {
-    case outcome::denied:
-      return "blocked-by-policy";
-    case outcome::blocked_address:
-      return "blocked-address";
-    case outcome::timeout:
-      return "upstream-timeout";
-    default:
-      return "upstream-unreachable";
-  }
-}
-
-int outcome_status(upstream_result::outcome o) {
-  using outcome = upstream_result::outcome;
-  switch (o) {
-    case outcome::denied:
-    case outcome::blocked_address:
-      return 403;
-    case outcome::timeout:
-      return 504;
-    default:
-      return 502;
-  }
-}
-
-std::string refusal_text(const upstream_result& r, std::string_view host, std::uint16_t port,
-                         std::string_view sandbox) {
-  using outcome = upstream_result::outcome;
-  const auto scope = sandbox.empty() ? std::string{} : fmt::format(" --sandbox {}", sandbox);
-  switch (r.result) {
-    case outcome::denied:
-      return fmt::format(
-          "sbx-proxy: {}:{} is blocked by policy: {}.\nTo allow it: sbx policy allow network {}{}",
-          host, port, r.decision.reason, host, scope);
-    case outcome::blocked_address:
-      return fmt::format(
-          "sbx-proxy: {}:{} refused: {}.\nTo allow it: sbx policy allow network {}{}", host, port,
-          r.decision.reason, host, scope);
-    case outcome::timeout:
-      return fmt::format("sbx-proxy: {}:{} did not answer in time: {}", host, port, r.detail);
-    default:
-      return fmt::format("sbx-proxy: cannot reach {}:{}: {}", host, port, r.detail);
-  }
-}
-
 }  // namespace
-
-// ---------------------------------------------------------------------------------------------
-// row_builder
-
-row_builder::row_builder(proxy_state& st, const std::string& client, const std::string& sandbox)
-    : st_(st), start_(clock::now()) {
-  row.ts = store::now_rfc3339();
-  row.client = client;
-  row.sandbox = sandbox;
-  row.decision = "deny";
-  row.rule = "default";
-}
-
-void row_builder::set_decision(const policy::decision& d) {
-  row.decision = d.allowed() ? "allow" : "deny";
-  row.rule = d.rule_label();
-  row.reason = d.reason;
-}
-
-void row_builder::deny(const policy::decision& d) {
-  set_decision(d);
-}
-
-void row_builder::finish(int status) {
-  if (done_) return;
-  done_ = true;
-  row.status = status;
-  row.duration_ms =
-      std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - start_).count();
-  auto& c = st_.counters;
-  metrics::add(row.decision == "allow" ? c.decisions_allow : c.decisions_deny);
-  metrics::add(c.bytes_up, static_cast<std::uint64_t>(row.bytes_up));
-  metrics::add(c.bytes_down, static_cast<std::uint64_t>(row.bytes_down));
-  if (row.decision == "deny") {
-    spdlog::info("deny {} {}:{}{} sandbox={} client={} rule={} status={}: {}", row.method, row.host,
-                 row.port, row.path, row.sandbox.empty() ? "-" : row.sandbox, row.client, row.rule,
-                 status, row.reason);
-  } else {
-    spdlog::debug("allow {} {} {}:{}{} status={} up={} down={} {}ms", row.route, row.method,
-                  row.host, row.port, row.path, status, row.bytes_up, row.bytes_down,
-                  row.duration_ms);
-  }
-  if (st_.log) st_.log->record(std::move(row));
-}
 
 // ---------------------------------------------------------------------------------------------
 // client_session
@@ -177,16 +86,11 @@ void client_session::force_close() {
   if (upstream_) upstream_->stream.socket().close(ignored);
 }
 
-char* client_session::chunk() {
-  if (!chunk_) chunk_.emplace();
-  return chunk_->get();
-}
-
 asio::awaitable<void> client_session::run() {
   error_code ec;
   client_.socket().set_option(tcp::no_delay(true), ec);
   while (!draining_) {
-    if (!co_await serve_one()) break;
+    if (!co_await serve_request(*this, pipeline_env{st_, client_addr_, idle_, draining_})) break;
   }
   client_.socket().shutdown(tcp::socket::shutdown_send, ec);
   client_.socket().close(ec);
@@ -247,56 +151,28 @@ bool client_session::claim_identity(const std::string& sandbox) {
   return holds_slot_;
 }
 
-asio::awaitable<void> client_session::reply_error(unsigned version, int status,
-                                                  std::string_view code, std::string_view text,
-                                                  bool keep_alive, row_builder& row) {
-  auto res = make_proxy_error(version, status, code, text, keep_alive && !draining_);
-  client_.expires_after(cfg_->lim.idle_timeout);
-  auto [ec, n] = co_await http::async_write(client_, res, use_nothrow);
-  row.row.bytes_down += static_cast<std::int64_t>(n);
-  if (row.row.reason.empty()) row.row.reason = std::string(text.substr(0, text.find('\n')));
-  row.finish(status);
-  if (ec || !keep_alive) co_await lingering_close();
+std::shared_ptr<const config::settings> client_session::settings() {
+  cfg_ = st_.settings.load();
+  return cfg_;
 }
 
-asio::awaitable<bool> client_session::serve_one() {
-  cfg_ = st_.settings.load();
-  const auto& lim = cfg_->lim;
-  std::size_t head_len = 0;
-  const auto hr = co_await read_request_head(client_, buf_, lim, idle_, draining_, head_len);
-  if (hr == head_result::closed) co_return false;
-
-  row_builder row(st_, client_addr_, identity_.value_or(std::string{}));
+void client_session::init_row(row_builder& row) {
   row.row.route = "forward";
-  if (hr != head_result::ok) {
-    metrics::add(st_.counters.bad_requests);
-    if (hr == head_result::too_large) {
-      co_await reply_error(11, 431, "bad-request",
-                           fmt::format("sbx-proxy: request header section larger than {} bytes",
-                                       lim.max_header_bytes),
-                           false, row);
-    } else {
-      co_await reply_error(11, 408, "bad-request", "sbx-proxy: request header not received in time",
-                           false, row);
-    }
-    co_return false;
-  }
+}
 
-  std::string_view head(static_cast<const char*>(buf_.data().data()), head_len);
-  if (auto sp = head.find(' '); sp != std::string_view::npos && sp < 32) {
-    row.row.method = std::string(head.substr(0, sp));
-  }
-  request_parser p;
-  if (auto why = parse_request_head(buf_, head_len, lim.max_header_bytes, p); !why.empty()) {
-    metrics::add(st_.counters.bad_requests);
-    co_await reply_error(11, 400, "bad-request", "sbx-proxy: bad request: " + why, false, row);
-    co_return false;
-  }
-  auto& req = p.get();
-  row.row.method = std::string(sv(req.method_string()));
+asio::awaitable<void> client_session::on_close(bool keep_alive) {
+  if (!keep_alive) co_await lingering_close();
+}
 
-  metrics::add(st_.counters.requests_total);
+asio::awaitable<bool> client_session::refuse(unsigned version, const refusal& r, row_builder& row) {
+  if (r.code == "bad-request") metrics::add(st_.counters.bad_requests);
+  const bool go_on = co_await send_refusal(client_, cfg_->lim, draining_, version, r, row);
+  if (!go_on) co_await lingering_close();
+  co_return go_on;
+}
 
+std::optional<refusal> client_session::identify(const http::request<http::buffer_body>& req,
+                                                row_builder& row) {
   // Identity: a valid Proxy-Authorization names the sandbox; without one, the request belongs to
   // no sandbox (refused when the listener requires tokens).
   std::string sandbox;
@@ -305,56 +181,142 @@ asio::awaitable<bool> client_session::serve_one() {
       auth_value.empty() ? auth_result::anonymous : authenticate(auth_value, sandbox);
   if (auth == auth_result::bad || (auth == auth_result::anonymous && st_.require_auth)) {
     metrics::add(st_.counters.auth_failures);
-    row.row.reason =
-        auth == auth_result::bad ? "invalid sandbox credentials" : "sandbox credentials required";
-    co_await reply_error(req.version(), 407, "proxy-auth-required",
-                         auth == auth_result::bad
-                             ? "sbx-proxy: unknown sandbox or wrong token in Proxy-Authorization. "
-                               "Use the proxy URL printed by `sbx sandbox env NAME`."
-                             : "sbx-proxy: this proxy requires sandbox credentials "
-                               "(http://NAME:TOKEN@host:port); see `sbx sandbox add`.",
-                         false, row);
-    co_return false;
+    refusal r{.status = 407, .code = "proxy-auth-required"};
+    if (auth == auth_result::bad) {
+      r.reason = "invalid sandbox credentials";
+      r.text =
+          "sbx-proxy: unknown sandbox or wrong token in Proxy-Authorization. Use the proxy URL "
+          "printed by `sbx sandbox env NAME`.";
+    } else {
+      r.reason = "sandbox credentials required";
+      r.text =
+          "sbx-proxy: this proxy requires sandbox credentials (http://NAME:TOKEN@host:port); see "
+          "`sbx sandbox add`.";
+    }
+    return r;
   }
   row.row.sandbox = sandbox;
   if (!claim_identity(sandbox)) {
     metrics::add(st_.counters.connection_limit_rejections);
-    const bool changed = identity_ && *identity_ != sandbox;
-    // Built before the co_await: GCC 12 destroys a conditional's temporary inside a co_await
-    // expression twice (double free).
-    const std::string text =
-        changed ? std::string("sbx-proxy: one connection cannot change sandbox identity")
-                : fmt::format("sbx-proxy: more than {} connections for this sandbox",
-                              lim.max_connections_per_sandbox);
-    co_await reply_error(req.version(), changed ? 407 : 429,
-                         changed ? "proxy-auth-required" : "connection-limit", text, false, row);
-    co_return false;
+    if (identity_ && *identity_ != sandbox) {
+      return refusal{.status = 407,
+                     .code = "proxy-auth-required",
+                     .text = "sbx-proxy: one connection cannot change sandbox identity"};
+    }
+    return refusal{.status = 429,
+                   .code = "connection-limit",
+                   .text = fmt::format("sbx-proxy: more than {} connections for this sandbox",
+                                       cfg_->lim.max_connections_per_sandbox)};
   }
-
-  if (req.method() == http::verb::connect) co_return co_await handle_connect(p, row);
-  co_return co_await handle_forward(p, row);
+  return std::nullopt;
 }
 
-asio::awaitable<bool> client_session::handle_connect(request_parser& p, row_builder& row) {
+std::optional<refusal> client_session::target(http::request<http::buffer_body>& req,
+                                              request_target& t) {
+  const auto raw = sv(req.target());
+  // A fragment is the client's business (RFC 9110 §7.1): a request carrying one is malformed, and
+  // servers disagree about whether it ends the path.
+  if (raw.find('#') != std::string_view::npos) {
+    return bad_request("request target contains a fragment ('#')");
+  }
+  auto tgt = parse_absolute_target(raw);
+  if (!tgt) {
+    return bad_request(raw.starts_with('/')
+                           ? "this is a proxy: send absolute-form requests (GET http://host/path) "
+                             "or CONNECT host:port"
+                           : "malformed request target");
+  }
+  t.scheme = tgt->scheme;
+  t.host = tgt->where.host;
+  t.port = tgt->where.port;
+  t.raw_path = tgt->path;
+  t.query = tgt->origin_form.substr(tgt->path.size());
+  if (tgt->scheme != "http") {
+    return bad_request("https:// URLs go through CONNECT: point HTTPS_PROXY at this proxy");
+  }
+  const auto host_field = sv(req[http::field::host]);
+  if (host_field.empty()) {
+    if (req.version() == 11) return bad_request("missing Host header");
+    req.set(http::field::host,
+            tgt->where.ipv6 ? fmt::format("[{}]", tgt->where.host) : tgt->where.host);
+  } else {
+    auto h = parse_authority(host_field, 80);
+    if (!h || h->host != tgt->where.host || h->port != tgt->where.port) {
+      // The query string is never logged.
+      return bad_request(fmt::format("Host header \"{}\" does not match the request target \"{}\"",
+                                     host_field, raw.substr(0, raw.find('?'))));
+    }
+  }
+  return std::nullopt;
+}
+
+asio::awaitable<std::optional<refusal>> client_session::open(policy::facts& f, row_builder& row,
+                                                             bool& kept_alive) {
+  if (upstream_ && upstream_->host == f.host && upstream_->port == f.port &&
+      upstream_->stream.socket().is_open()) {
+    // The kept connection's address was checked when it was opened; the request is decided again
+    // with it (its method and path may be denied).
+    f.address = upstream_->address;
+    auto d = st_.rules.load()->decide(f);
+    row.set_decision(d);
+    if (!d.allowed()) {
+      co_return policy_refusal(d, f.host, f.port, f.method, f.path, row.row.sandbox);
+    }
+    kept_alive = true;
+    metrics::add(st_.counters.routes_forward);
+    co_return std::nullopt;
+  }
+  upstream_.reset();
+  auto up = co_await open_upstream(*st_.rules.load(), *cfg_, f);
+  row.set_decision(up.decision);
+  if (!up.ok()) {
+    if (up.result != upstream_result::outcome::denied &&
+        up.result != upstream_result::outcome::blocked_address) {
+      metrics::add(st_.counters.upstream_errors);
+    }
+    if (up.result == upstream_result::outcome::denied ||
+        up.result == upstream_result::outcome::blocked_address) {
+      co_return policy_refusal(up.decision, f.host, f.port, f.method, f.path, row.row.sandbox);
+    }
+    co_return upstream_refusal(up, f.host, f.port, row.row.sandbox);
+  }
+  upstream_.emplace(
+      upstream_link{std::move(up.stream), {}, std::string(f.host), f.port, up.address});
+  kept_alive = false;
+  metrics::add(st_.counters.routes_forward);
+  co_return std::nullopt;
+}
+
+asio::awaitable<exchange_result> client_session::relay(request_parser& p,
+                                                       const request_shape& shape, char* chunk,
+                                                       const exchange_limits& xl) {
+  co_return co_await relay_exchange(client_, buf_, p, shape, upstream_->stream, upstream_->buf,
+                                    chunk, xl);
+}
+
+void client_session::after_exchange(const exchange_result& x) {
+  if (!x.upstream_reusable || x.upgraded) upstream_.reset();
+  release_if_empty(buf_);
+  if (upstream_) release_if_empty(upstream_->buf);
+}
+
+asio::awaitable<bool> client_session::on_connect(request_parser& p, row_builder& row) {
   auto& req = p.get();
   row.row.route = "tunnel";
-  auto where = parse_authority(sv(req.target()));
+  const auto raw = sv(req.target());
+  auto where = parse_authority(raw);
   if (!where) {
-    metrics::add(st_.counters.bad_requests);
-    co_await reply_error(req.version(), 400, "bad-request",
-                         fmt::format("sbx-proxy: bad request: CONNECT needs host:port, got \"{}\"",
-                                     sv(req.target())),
-                         false, row);
-    co_return false;
+    // Only up to a '?', '/' or '#': the rest of a malformed target is not the row's business.
+    const auto shown = raw.substr(0, raw.find_first_of("?/#"));
+    co_return co_await refuse(
+        req.version(),
+        bad_request(fmt::format("CONNECT needs host:port, got \"{}\"", shown.substr(0, 255))), row);
   }
   row.row.host = where->host;
   row.row.port = where->port;
   row.row.scheme = where->port == 80 ? "http" : "https";
   if (!p.is_done()) {
-    metrics::add(st_.counters.bad_requests);
-    co_await reply_error(req.version(), 400, "bad-request",
-                         "sbx-proxy: bad request: a CONNECT request has no body", false, row);
-    co_return false;
+    co_return co_await refuse(req.version(), bad_request("a CONNECT request has no body"), row);
   }
 
   auto rules = st_.rules.load();
@@ -377,12 +339,10 @@ asio::awaitable<bool> client_session::handle_connect(request_parser& p, row_buil
     if (up.result != upstream_result::outcome::denied &&
         up.result != upstream_result::outcome::blocked_address) {
       metrics::add(st_.counters.upstream_errors);
-      row.row.reason = fmt::format("{}; {}", up.decision.reason, up.detail);
     }
-    co_await reply_error(req.version(), outcome_status(up.result), outcome_code(up.result),
-                         refusal_text(up, where->host, where->port, row.row.sandbox),
-                         req.keep_alive(), row);
-    co_return req.keep_alive() && !draining_;
+    auto r = upstream_refusal(up, where->host, where->port, row.row.sandbox);
+    r.keep_alive = req.keep_alive();
+    co_return co_await refuse(req.version(), r, row);
   }
 
   if (plan.intercept) {
@@ -410,10 +370,10 @@ asio::awaitable<bool> client_session::handle_connect(request_parser& p, row_buil
   }
   std::string initial(static_cast<const char*>(buf_.data().data()), buf_.size());
   buf_.consume(buf_.size());
-  // A tunnel may stay open for hours: it needs neither the request-head buffer nor the body
-  // chunk, so give their memory back (it matters with thousands of idle tunnels).
+  // A tunnel may stay open for hours: it needs neither the request-head buffer nor the upstream
+  // link of earlier forwarded requests, so give their memory back (it matters with thousands of
+  // idle tunnels).
   buf_.shrink_to_fit();
-  chunk_.reset();
   upstream_.reset();
   st_.counters.active_tunnels.fetch_add(1, std::memory_order_relaxed);
   auto totals = co_await run_tunnel(client_.socket(), up.stream.socket(), initial,
@@ -424,151 +384,6 @@ asio::awaitable<bool> client_session::handle_connect(request_parser& p, row_buil
   if (totals.idle_timeout) row.row.reason += "; closed after idle timeout";
   row.finish(200);
   co_return false;
-}
-
-asio::awaitable<bool> client_session::handle_forward(request_parser& p, row_builder& row) {
-  auto& req = p.get();
-  const auto target = sv(req.target());
-  auto bad_request = [&](std::string why) -> asio::awaitable<bool> {
-    metrics::add(st_.counters.bad_requests);
-    co_await reply_error(req.version(), 400, "bad-request", "sbx-proxy: bad request: " + why, false,
-                         row);
-    co_return false;
-  };
-  auto tgt = parse_absolute_target(target);
-  if (!tgt) {
-    co_return co_await bad_request(
-        target.starts_with('/')
-            ? "this is a proxy: send absolute-form requests (GET http://host/path) or CONNECT "
-              "host:port"
-            : "malformed request target");
-  }
-  row.row.scheme = tgt->scheme;
-  row.row.host = tgt->where.host;
-  row.row.port = tgt->where.port;
-  row.row.path = tgt->path;
-  if (tgt->scheme != "http") {
-    co_return co_await bad_request(
-        "https:// URLs go through CONNECT: point HTTPS_PROXY at this proxy");
-  }
-  const auto host_field = sv(req[http::field::host]);
-  if (host_field.empty()) {
-    if (req.version() == 11) co_return co_await bad_request("missing Host header");
-    req.set(http::field::host,
-            tgt->where.ipv6 ? fmt::format("[{}]", tgt->where.host) : tgt->where.host);
-  } else {
-    auto h = parse_authority(host_field, 80);
-    if (!h || h->host != tgt->where.host || h->port != tgt->where.port) {
-      co_return co_await bad_request(
-          fmt::format("Host header \"{}\" does not match the request target \"{}\"", host_field,
-                      target.substr(0, target.find('?'))));  // the query string is never logged
-    }
-  }
-  auto path = policy::normalize_path(tgt->path);
-  if (!path) co_return co_await bad_request("malformed request path");
-  row.row.path = *path;
-
-  auto rules = st_.rules.load();
-  policy::facts f{.sandbox = row.row.sandbox,
-                  .host = tgt->where.host,
-                  .port = tgt->where.port,
-                  .method = sv(req.method_string()),
-                  .path = *path};
-  const bool has_body = !p.is_done();
-  bool reused = false;
-  if (upstream_ && upstream_->host == tgt->where.host && upstream_->port == tgt->where.port &&
-      upstream_->stream.socket().is_open()) {
-    f.address = upstream_->address;
-    auto d = rules->decide(f);
-    row.set_decision(d);
-    if (!d.allowed()) {
-      upstream_result refusal(client_.get_executor());
-      refusal.result = d.blocked_address ? upstream_result::outcome::blocked_address
-                                         : upstream_result::outcome::denied;
-      refusal.decision = d;
-      co_await reply_error(req.version(), 403, outcome_code(refusal.result),
-                           refusal_text(refusal, tgt->where.host, tgt->where.port, row.row.sandbox),
-                           req.keep_alive() && !has_body, row);
-      co_return req.keep_alive() && !has_body && !draining_;
-    }
-    reused = true;
-  } else {
-    upstream_.reset();
-    auto up = co_await open_upstream(*rules, *cfg_, f);
-    row.set_decision(up.decision);
-    if (!up.ok()) {
-      if (up.result != upstream_result::outcome::denied &&
-          up.result != upstream_result::outcome::blocked_address) {
-        metrics::add(st_.counters.upstream_errors);
-        row.row.reason = fmt::format("{}; {}", up.decision.reason, up.detail);
-      }
-      co_await reply_error(req.version(), outcome_status(up.result), outcome_code(up.result),
-                           refusal_text(up, tgt->where.host, tgt->where.port, row.row.sandbox),
-                           req.keep_alive() && !has_body, row);
-      co_return req.keep_alive() && !has_body && !draining_;
-    }
-    upstream_.emplace(
-        upstream_link{std::move(up.stream), {}, tgt->where.host, tgt->where.port, up.address});
-  }
-  metrics::add(st_.counters.routes_forward);
-
-  const auto shape = prepare_upstream_request(req, tgt->origin_form);
-  exchange_limits xl{.client_read = cfg_->lim.idle_timeout,
-                     .upstream_read = cfg_->lim.upstream_timeout,
-                     .write = cfg_->lim.idle_timeout,
-                     .tunnel_idle = cfg_->lim.tunnel_idle_timeout,
-                     .header_limit = static_cast<std::uint32_t>(cfg_->lim.max_header_bytes)};
-  auto r = co_await relay_exchange(client_, buf_, p, shape, upstream_->stream, upstream_->buf,
-                                   chunk(), xl);
-  using failure = exchange_result::failure;
-  // A kept-alive upstream connection may have been closed by the server while idle; retry once
-  // on a fresh connection when nothing of the request body or response has moved yet.
-  if (reused && !has_body && !r.response_started &&
-      (r.fail == failure::upstream_write || r.fail == failure::upstream_read)) {
-    upstream_.reset();
-    f.address.reset();
-    auto up = co_await open_upstream(*rules, *cfg_, f);
-    row.set_decision(up.decision);
-    if (!up.ok()) {
-      co_await reply_error(req.version(), outcome_status(up.result), outcome_code(up.result),
-                           refusal_text(up, tgt->where.host, tgt->where.port, row.row.sandbox),
-                           false, row);
-      co_return false;
-    }
-    upstream_.emplace(
-        upstream_link{std::move(up.stream), {}, tgt->where.host, tgt->where.port, up.address});
-    r = co_await relay_exchange(client_, buf_, p, shape, upstream_->stream, upstream_->buf, chunk(),
-                                xl);
-  }
-  row.row.bytes_up = static_cast<std::int64_t>(r.bytes_up);
-  row.row.bytes_down = static_cast<std::int64_t>(r.bytes_down);
-  if (r.fail != failure::none) {
-    upstream_.reset();
-    const bool upstream_side = r.fail == failure::upstream_read ||
-                               r.fail == failure::upstream_write ||
-                               r.fail == failure::upstream_timeout;
-    if (upstream_side) metrics::add(st_.counters.upstream_errors);
-    if (upstream_side && !r.response_started) {
-      const bool timeout = r.fail == failure::upstream_timeout;
-      row.row.reason +=
-          timeout ? "; upstream did not respond in time" : "; upstream closed the connection";
-      co_await reply_error(req.version(), timeout ? 504 : 502,
-                           timeout ? "upstream-timeout" : "upstream-unreachable",
-                           fmt::format("sbx-proxy: {} {}", tgt->where.text(),
-                                       timeout ? "did not respond in time"
-                                               : "closed the connection before responding"),
-                           false, row);
-      co_return false;
-    }
-    row.finish(r.status);
-    co_return false;
-  }
-  row.finish(r.status);
-  if (!r.upstream_reusable || r.upgraded) upstream_.reset();
-  chunk_.reset();
-  release_if_empty(buf_);
-  if (upstream_) release_if_empty(upstream_->buf);
-  co_return r.client_keep_alive && !r.upgraded && !draining_;
 }
 
 // ---------------------------------------------------------------------------------------------

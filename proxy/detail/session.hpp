@@ -1,34 +1,19 @@
-// One client connection: reads requests one after another (keep-alive), decides each by policy,
-// and forwards it, tunnels it, or hands it to interception. Lives in the coroutine that runs it.
+// One client connection: reads requests one after another (keep-alive) through the request
+// pipeline (pipeline.hpp), and for a CONNECT tunnels it or hands it to interception. The
+// connection is the pipeline's plain-HTTP route: absolute-form targets, sandbox identity from
+// Proxy-Authorization, upstream connections kept per destination.
 #pragma once
 
-#include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
 
-#include "policy/store/state_db.hpp"
 #include "proxy/detail/exchange.hpp"
 #include "proxy/detail/net.hpp"
+#include "proxy/detail/pipeline.hpp"
 #include "proxy/detail/state.hpp"
 
 namespace sbx::proxy::detail {
-
-// Accumulates one decision-log row and records it when the exchange is over.
-class row_builder {
- public:
-  row_builder(proxy_state& st, const std::string& client, const std::string& sandbox);
-  store::decision_row row;
-  void set_decision(const policy::decision& d);
-  void deny(const policy::decision& d);
-  // Records the row (the decision log applies back-pressure when its queue is full).
-  void finish(int status);
-
- private:
-  proxy_state& st_;
-  std::chrono::steady_clock::time_point start_;
-  bool done_ = false;
-};
 
 class client_session {
  public:
@@ -43,18 +28,33 @@ class client_session {
   // Grace period over: close the sockets now.
   void force_close();
 
+  // --- route hooks for serve_request (pipeline.hpp) ---
+  beast::tcp_stream& client() { return client_; }
+  beast::flat_buffer& client_buf() { return buf_; }
+  std::shared_ptr<const config::settings> settings();
+  [[nodiscard]] std::string sandbox() const { return identity_.value_or(std::string{}); }
+  void init_row(row_builder& row);
+  std::optional<refusal> identify(const http::request<http::buffer_body>& req, row_builder& row);
+  asio::awaitable<bool> on_connect(request_parser& p, row_builder& row);
+  std::optional<refusal> target(http::request<http::buffer_body>& req, request_target& t);
+  asio::awaitable<std::optional<refusal>> open(policy::facts& f, row_builder& row,
+                                               bool& kept_alive);
+  // Plain HTTP never carries a credential.
+  bool will_inject(const http::request<http::buffer_body>&) const { return false; }
+  void inject(http::request<http::buffer_body>&, row_builder&) {}
+  asio::awaitable<exchange_result> relay(request_parser& p, const request_shape& shape, char* chunk,
+                                         const exchange_limits& xl);
+  void drop_upstream() { upstream_.reset(); }
+  void after_exchange(const exchange_result& x);
+  asio::awaitable<void> on_close(bool keep_alive);
+
  private:
   enum class auth_result { anonymous, sandbox, bad };
 
-  asio::awaitable<bool> serve_one();
-  asio::awaitable<bool> handle_connect(request_parser& p, row_builder& row);
-  asio::awaitable<bool> handle_forward(request_parser& p, row_builder& row);
-  asio::awaitable<void> reply_error(unsigned version, int status, std::string_view code,
-                                    std::string_view text, bool keep_alive, row_builder& row);
-  asio::awaitable<void> lingering_close();
   auth_result authenticate(std::string_view header_value, std::string& sandbox) const;
   bool claim_identity(const std::string& sandbox);
-  char* chunk();
+  asio::awaitable<void> lingering_close();
+  asio::awaitable<bool> refuse(unsigned version, const refusal& r, row_builder& row);
 
   struct upstream_link {
     beast::tcp_stream stream;
@@ -72,7 +72,6 @@ class client_session {
   std::optional<std::string> identity_;  // the connection's sandbox once its first request is in
   bool holds_slot_ = false;
   std::optional<upstream_link> upstream_;
-  std::optional<borrowed_buffer> chunk_;  // while a forwarded body moves
   bool idle_ = false;
   bool draining_ = false;
 };

@@ -219,7 +219,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return
             self.wfile.flush()
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _handle
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_HEAD = _handle
 
 
 def read_exact(stream, n):

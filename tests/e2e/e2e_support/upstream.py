@@ -157,7 +157,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(block[:n])
             count -= n
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _handle
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = _handle
 
     def do_HEAD(self):
         self._handle()
