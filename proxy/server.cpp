@@ -110,26 +110,6 @@ std::shared_ptr<const sandbox_directory> load_sandboxes(store::state_db& db) {
   return dir;
 }
 
-// A session that holds its client address's slot until it ends.
-void spawn_client(tcp::socket socket, proxy_state& st, limiter_slot slot) {
-  auto ex = socket.get_executor();
-  asio::co_spawn(
-      ex,
-      [](tcp::socket s, proxy_state& state,
-         [[maybe_unused]] limiter_slot held) -> asio::awaitable<void> {
-        client_session session(std::move(s), state);
-        co_await session.run();
-      }(std::move(socket), st, std::move(slot)),
-      [](std::exception_ptr e) {
-        if (!e) return;
-        try {
-          std::rethrow_exception(e);
-        } catch (const std::exception& ex) {
-          spdlog::error("session ended by an unexpected error: {}", ex.what());
-        }
-      });
-}
-
 std::int64_t peak_rss_kib() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
@@ -291,7 +271,7 @@ class runtime {
                        refuse_connection(std::move(socket), client_limit_reply), asio::detached);
         continue;
       }
-      spawn_client(std::move(socket), state_, limiter_slot(state_.per_client, std::move(key)));
+      spawn_session(std::move(socket), state_, limiter_slot(state_.per_client, std::move(key)));
     }
   }
 
@@ -454,7 +434,6 @@ class runtime {
   }
 
   void store_settings(config::settings s) {
-    state_.require_auth = s.anonymous == config::anonymous_access::none;
     state_.settings.store(std::make_shared<const config::settings>(std::move(s)));
   }
 

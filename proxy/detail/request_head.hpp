@@ -16,12 +16,16 @@ enum class head_result { ok, closed, too_large, timeout };
 
 // Reads until `buf` holds a complete head (ending in an empty line), with two deadlines: the
 // keep-alive idle timeout until the first byte, then header_timeout for the whole head (so a
-// client trickling bytes cannot hold a connection forever). `idle` is true while waiting for the
-// first byte; a `draining` session stops waiting. On ok, head_len is the head's size in buf.
+// client trickling bytes cannot hold a connection forever). `not_after`, when set, caps both: the
+// first request of a connection must be complete by then (limits.first_byte_timeout), so
+// connections that send nothing, or too little, do not hold a slot for the idle timeout; with no
+// byte by then the connection is just closed. `idle` is true while waiting for the first byte; a
+// `draining` session stops waiting. On ok, head_len is the head's size in buf.
 template <class Stream>
-asio::awaitable<head_result> read_request_head(Stream& stream, beast::flat_buffer& buf,
-                                               const config::limits& lim, bool& idle,
-                                               const bool& draining, std::size_t& head_len) {
+asio::awaitable<head_result> read_request_head(
+    Stream& stream, beast::flat_buffer& buf, const config::limits& lim, bool& idle,
+    const bool& draining, std::size_t& head_len,
+    std::optional<std::chrono::steady_clock::time_point> not_after = std::nullopt) {
   using clock = std::chrono::steady_clock;
   std::optional<clock::time_point> deadline;
   std::size_t scanned = 0;
@@ -46,10 +50,11 @@ asio::awaitable<head_result> read_request_head(Stream& stream, beast::flat_buffe
     if (buf.size() == 0 && !deadline) {
       if (draining) co_return head_result::closed;
       idle = true;
-      lowest.expires_after(lim.idle_timeout);
+      const auto idle_until = clock::now() + lim.idle_timeout;
+      lowest.expires_at(not_after ? std::min(idle_until, *not_after) : idle_until);
     } else {
       if (!deadline) deadline = clock::now() + lim.header_timeout;
-      lowest.expires_at(*deadline);
+      lowest.expires_at(not_after ? std::min(*deadline, *not_after) : *deadline);
     }
     const auto room = std::min<std::size_t>(16 * 1024, lim.max_header_bytes + 4 - buf.size());
     auto [ec, n] = co_await stream.async_read_some(buf.prepare(room), use_nothrow);

@@ -99,8 +99,6 @@ struct proxy_state {
   metrics counters;
   connection_limiter per_sandbox;
   connection_limiter per_client;  // by client address, taken at accept
-  // settings->anonymous == none; read by the session path that predates resolve_identity.
-  std::atomic<bool> require_auth{false};
   std::atomic<bool> draining{false};
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   std::string listen_address;
