@@ -18,6 +18,7 @@
 #include "policy/rule.hpp"
 #include "policy/store/sandbox_token.hpp"
 #include "policy/store/state_db.hpp"
+#include "proxy/http_checks.hpp"
 
 namespace sbx::cli {
 namespace {
@@ -238,84 +239,53 @@ struct check_options {
   bool json = false;
 };
 
-struct parsed_target {
-  std::string host;  // lower-case, no brackets, no trailing dot
-  std::uint16_t port = 443;
-};
-
-std::uint16_t parse_port(std::string_view text, std::string_view target) {
-  unsigned value = 0;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (text.empty() || ec != std::errc() || end != text.data() + text.size() || value == 0 ||
-      value > 65535) {
-    throw usage_error(
-        fmt::format("invalid target \"{}\": port \"{}\" is not a number in 1-65535", target, text));
-  }
-  return static_cast<std::uint16_t>(value);
-}
-
 // TARGET forms: host, host:port, IPv4, IPv6 (bare or [v6]:port), or a URL whose scheme gives the
 // default port (http 80, anything else 443, which is what a sandbox mostly reaches through
-// CONNECT).
-parsed_target parse_target(std::string_view target) {
-  parsed_target out;
-  std::string_view authority = target;
-  if (auto scheme_end = target.find("://"); scheme_end != std::string_view::npos) {
+// CONNECT). Parsed by the proxy's own parsers (the CONNECT authority and the absolute-form target),
+// so the answer is about the destination the proxy would see.
+proxy::authority parse_target(std::string_view target) {
+  const auto invalid = [&](std::string_view why) {
+    return usage_error(fmt::format("invalid target \"{}\": {}", target, why));
+  };
+  std::optional<proxy::authority> parsed;
+  if (const auto scheme_end = target.find("://"); scheme_end != std::string_view::npos) {
     std::string scheme(target.substr(0, scheme_end));
     std::transform(scheme.begin(), scheme.end(), scheme.begin(),
                    [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-    out.port = scheme == "http" ? 80 : 443;
-    authority = target.substr(scheme_end + 3);
-    authority = authority.substr(0, authority.find_first_of("/?#"));
-    if (auto at = authority.rfind('@'); at != std::string_view::npos) {
-      authority.remove_prefix(at + 1);  // user:password@ is not part of the destination
+    auto rest = target.substr(scheme_end + 3);
+    const auto authority_end = rest.find_first_of("/?#");
+    auto authority = rest.substr(0, authority_end);
+    // user:password@ is not part of the destination (the proxy refuses it in a request target).
+    if (const auto at = authority.rfind('@'); at != std::string_view::npos) {
+      authority.remove_prefix(at + 1);
     }
-  }
-  std::string_view host = authority;
-  if (!authority.empty() && authority.front() == '[') {
-    auto close = authority.find(']');
-    if (close == std::string_view::npos) {
-      throw usage_error(
-          fmt::format("invalid target \"{}\": missing ']' after the IPv6 address", target));
+    if (scheme == "http" || scheme == "https") {
+      std::string url = scheme + "://" + std::string(authority);
+      if (authority_end != std::string_view::npos) url += rest.substr(authority_end);
+      if (auto absolute = proxy::parse_absolute_target(url)) parsed = std::move(absolute->where);
+    } else {
+      parsed = proxy::parse_authority(authority, 443);
     }
-    host = authority.substr(1, close - 1);
-    auto rest = authority.substr(close + 1);
-    if (!rest.empty()) {
-      if (rest.front() != ':') {
-        throw usage_error(fmt::format("invalid target \"{}\": expected :PORT after ']'", target));
-      }
-      out.port = parse_port(rest.substr(1), target);
-    }
-  } else if (std::count(authority.begin(), authority.end(), ':') == 1) {
-    auto colon = authority.find(':');
-    host = authority.substr(0, colon);
-    out.port = parse_port(authority.substr(colon + 1), target);
+  } else if (std::count(target.begin(), target.end(), ':') >= 2 && !target.starts_with('[')) {
+    // More than one ':' without brackets can only be a bare IPv6 address.
+    parsed = proxy::parse_authority(fmt::format("[{}]", target), 443);
+  } else {
+    parsed = proxy::parse_authority(target, 443);
   }
-  // More than one ':' without brackets can only be a bare IPv6 address.
-  if (host.empty()) {
-    throw usage_error(fmt::format("invalid target \"{}\": no host name", target));
+  if (!parsed) {
+    throw invalid("give a host, host:port, IP, [v6]:port or URL with a port in 1-65535");
   }
-  out.host.assign(host);
-  if (out.host.size() > 1 && out.host.back() == '.') out.host.pop_back();
-  std::transform(out.host.begin(), out.host.end(), out.host.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return out;
+  return std::move(*parsed);
 }
 
-std::string host_port_text(const parsed_target& t) {
-  bool v6 = t.host.find(':') != std::string::npos;
-  return v6 ? fmt::format("[{}]:{}", t.host, t.port) : fmt::format("{}:{}", t.host, t.port);
-}
-
-// The address the proxy would connect to without asking DNS: the literal itself, or the config's
-// `resolve` override, which the proxy treats exactly like a DNS answer.
-std::optional<policy::ip_address> known_address(const parsed_target& t,
+// The address the proxy would connect to without asking DNS: the config's `resolve` override,
+// which the proxy treats exactly like a DNS answer, or the literal itself.
+std::optional<policy::ip_address> known_address(const proxy::authority& t,
                                                 const config::settings& settings) {
-  if (auto literal = policy::ip_address::parse(t.host)) return literal;
   if (auto override = settings.resolve_override(t.host, t.port)) {
     return policy::ip_address::parse(override->ip);
   }
-  return std::nullopt;
+  return policy::ip_address::parse(t.host);
 }
 
 int run_check(const check_options& opts) {
@@ -328,9 +298,16 @@ int run_check(const check_options& opts) {
   if (!opts.sandbox.empty()) require_sandbox(st.db, opts.sandbox);
   policy::rule_set rules(st.db.load_rules());
 
-  auto address = known_address(target, settings);
-  auto decision = rules.decide(
-      {.sandbox = opts.sandbox, .host = target.host, .port = target.port, .address = address});
+  // As the proxy decides (choose_upstream): by name first, and only a name allowed by name goes on
+  // to its address. No DNS query is made here; the proxy makes one only for such a name.
+  policy::facts facts{.sandbox = opts.sandbox, .host = target.host, .port = target.port};
+  auto decision = rules.decide(facts);
+  std::optional<policy::ip_address> address;
+  if (decision.allowed()) address = known_address(target, settings);
+  if (address) {
+    facts.address = address;
+    decision = rules.decide(facts);
+  }
   bool intercept =
       decision.allowed() && rules.needs_interception(opts.sandbox, target.host, target.port);
 
@@ -344,13 +321,13 @@ int run_check(const check_options& opts) {
     fmt::print("{}\n", out.dump());
     return exit_ok;
   }
-  fmt::print("{}: {}\n", decision.allowed() ? "Allowed" : "Denied", host_port_text(target));
+  fmt::print("{}: {}\n", decision.allowed() ? "Allowed" : "Denied", target.text());
   fmt::print("Reason: {}\n", decision.reason);
   if (intercept) fmt::print("Intercepted: yes (method/path rules)\n");
-  if (!decision.allowed() && !address && rules.has_network_allow(opts.sandbox)) {
+  if (decision.allowed() && !address) {
     fmt::print(
-        "Note: {} was not resolved; the proxy also checks CIDR allow rules against its DNS "
-        "answer\n",
+        "Note: {} was not resolved here; the proxy checks every address DNS returns for it "
+        "(blocked ranges, CIDR rules)\n",
         target.host);
   }
   return exit_ok;
@@ -448,8 +425,9 @@ void add_policy_commands(CLI::App& app, command_action& action) {
       ->type_name("FILE");
   check_network->add_flag("--json", check_opts->json, "Print one JSON object");
   check_network->footer(
-      "No DNS lookup is made: CIDR and blocked-address checks apply to IP literals and to the\n"
-      "config's `resolve` overrides only.");
+      "Decided as the proxy decides: by name first (CIDR allow rules apply to IP literals and to\n"
+      "names a name rule allows), then by address. No DNS lookup is made: the address checks\n"
+      "apply to IP literals and to the config's `resolve` overrides only.");
   check_network->callback(
       [check_opts, &action] { action = [check_opts] { return run_check(*check_opts); }; });
 

@@ -79,17 +79,36 @@ struct resource {
 [[nodiscard]] resource parse_resource(std::string_view text);
 // "GET,post" -> {"GET","POST"}; empty input -> {} (any method). Throws rule_error.
 [[nodiscard]] std::vector<std::string> parse_methods(std::string_view csv);
-// Checks a path pattern ("/v1/**", "/repos/*/issues"); returns it unchanged. Throws rule_error.
-std::string validate_path_pattern(std::string_view pattern);
-// '*' matches within one segment, '**' any number of segments (including none).
-[[nodiscard]] bool path_matches(std::string_view pattern, std::string_view path);
-// The path the proxy decides on, made from the raw request-target path: query and fragment cut
-// off, percent-encoded unreserved characters decoded (RFC 3986 §2.3), other escapes upper-cased,
-// dot-segments removed (RFC 3986 §5.2.4) and repeated slashes collapsed, so that "/v1/../admin"
-// cannot pass a "/v1/**" rule. nullopt for a path that a server may read differently from us: no
-// leading '/', control characters, bad percent-encoding, '\' or an encoded '/' or '\' (%2F,
-// %5C), and "..;" or ".;" segments (Tomcat reads "/a/..;/b" as "/b").
+// Paths have two forms.
+//
+// The normalized path (normalize_path) is what the proxy logs, decides on and forwards: query and
+// fragment cut off, percent-encoded unreserved characters decoded (RFC 3986 §2.3), other escapes
+// upper-cased, dot-segments removed (RFC 3986 §5.2.4) and repeated slashes collapsed, so that
+// "/v1/../admin" cannot pass a "/v1/**" rule. A path that a server may read differently from us
+// is refused (nullopt): no leading '/', control characters, bad percent-encoding, '\', an encoded
+// '/', '\' or NUL (%2F, %5C, %00), and segments a server may read as a dot-segment ("..;x", ".;",
+// "...", "..%20": Tomcat reads "/a/..;/b" as "/b", Windows "/a/.. /b" as "/b").
 //   normalize_path("/a/./b/../%63?x=1") == "/a/c"
+//
+// The match key is what path patterns are compared with, derived from the normalized path segment
+// by segment: parameters dropped (from the first ';' or %3B: Tomcat routes "/admin;jsessionid=1/x"
+// as "/admin/x"), then trailing dots and %20 dropped (Windows reads "/admin./x" as "/admin/x"),
+// then segments left empty dropped ("/;x/admin" is "/admin"). A path whose last segment is left
+// empty ("/exact/", "/exact/;x") matches a pattern with or without that trailing empty segment, so
+// "/exact" matches "/exact/", "/exact;x" and "/exact/." (normalized to "/exact/"), and "/v1/*"
+// still matches "/v1/". Paths are case-sensitive (RFC 3986 §6.2.2.1), except that deny rules
+// compare ASCII letters without case: a case-insensitive server (IIS, macOS) reads "/ADMIN" as
+// "/admin", and a deny must not be sidestepped by it while an allow must not be widened.
+//
+// Checks a path pattern ("/v1/**", "/repos/*/issues"); returns it unchanged. A pattern that could
+// never equal a match key is refused: one with ';' or %3B, a segment ending in '.' or %20, an
+// empty segment before the last, a dot-segment. Throws rule_error.
+std::string validate_path_pattern(std::string_view pattern);
+// Matches a pattern against the match key of a normalized path: '*' matches within one segment,
+// '**' any number of segments (including none). fold_case compares ASCII letters without case
+// (deny rules).
+[[nodiscard]] bool path_matches(std::string_view pattern, std::string_view path,
+                                bool fold_case = false);
 [[nodiscard]] std::optional<std::string> normalize_path(std::string_view raw);
 
 struct rule {
@@ -158,6 +177,12 @@ struct rule_index;
 //   conditions is treated as: allow -> matches (the requests will be checked one by one once
 //   intercepted), deny -> does not match (it can only be judged per request).
 // - Any matching deny wins. Otherwise any matching allow allows. Otherwise default deny.
+// - Network (CIDR) allow rules allow IP-literal hosts, and names some name rule (host, wildcard,
+//   **) allows: a name that only a CIDR allow matches is denied, with or without facts.address.
+//   So the caller decides a name first without an address and resolves it only when allowed: a
+//   denied name never reaches a resolver (where a sandbox could hide data in it). Once resolved,
+//   CIDR rules still judge each address: a CIDR deny refuses it, and a CIDR allow containing a
+//   blocked address unlocks it (below).
 // - Then, when facts.address is set and in a blocked range, an allow stands only if an allow rule
 //   of kind host names exactly facts.host, or a network allow rule contains the address. (Either
 //   rule must itself match the facts, port included.) When facts.address is absent and facts.host
@@ -171,11 +196,6 @@ class rule_set {
   explicit rule_set(std::vector<rule> rules);
 
   [[nodiscard]] decision decide(const facts& f) const;
-
-  // True when some allow rule in scope is a network (CIDR) rule: then a host that no name rule
-  // allows may still be allowed by its resolved address, so the caller must resolve and decide
-  // again.
-  [[nodiscard]] bool has_network_allow(std::string_view sandbox) const;
 
   // True when a rule in scope with method/path conditions matches this host and port: the proxy
   // must intercept the tunnel so it can judge each request.

@@ -114,6 +114,9 @@ std::string prometheus_text(const proxy_state& state, const store::decision_log&
          {{"", static_cast<double>(log.queue_depth())}});
   metric("sbx_log_rows_written_total", "counter", "Decision rows committed to policy.db.",
          {{"", static_cast<double>(log.rows_written())}});
+  metric("sbx_decision_log_waits_total", "counter",
+         "Times a session found the decision-log queue full and waited for room.",
+         {{"", d(c.log_waits)}});
   metric("sbx_log_write_errors_total", "counter", "Failed decision-log transactions (retried).",
          {{"", static_cast<double>(log.write_errors())}});
   metric("sbx_uptime_seconds", "gauge", "Seconds since start.",

@@ -287,7 +287,7 @@ asio::awaitable<void> interception::run(intercept_request& r) {
   auto [wec, wn] = co_await asio::async_write(r.client, asio::buffer(established), use_nothrow);
   connect_row.row.bytes_down += static_cast<std::int64_t>(wn);
   if (wec) {
-    connect_row.finish(0);
+    co_await connect_row.finish(0);
     co_return;
   }
 
@@ -336,7 +336,7 @@ asio::awaitable<void> interception::run(intercept_request& r) {
         ssl_error_text(client_ec), why.empty() ? "" : ": ", why);
     spdlog::info("intercept {}:{}: client TLS handshake failed: {}", r.where.host, r.where.port,
                  ssl_error_text(client_ec));
-    connect_row.finish(200);
+    co_await connect_row.finish(200);
     co_return;
   }
 
@@ -387,7 +387,7 @@ asio::awaitable<void> interception::run(intercept_request& r) {
   // Best-effort close_notify to the client, bounded: a peer that has gone away must not hold us.
   r.client.expires_after(std::chrono::seconds(1));
   co_await client.async_shutdown(use_nothrow);
-  connect_row.finish(200);
+  co_await connect_row.finish(200);
 }
 
 }  // namespace sbx::proxy::detail

@@ -29,6 +29,7 @@ struct metrics {
   std::atomic<std::uint64_t> upstream_tls_reused{0};      // intercepted: an idle one taken again
   std::atomic<std::uint64_t> bytes_up{0};
   std::atomic<std::uint64_t> bytes_down{0};
+  std::atomic<std::uint64_t> log_waits{0};  // a session found the decision-log queue full
 
   static void add(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) {
     c.fetch_add(n, std::memory_order_relaxed);

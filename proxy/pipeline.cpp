@@ -5,6 +5,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "proxy/detail/log_writer.hpp"
+
 namespace sbx::proxy::detail {
 namespace {
 
@@ -34,8 +36,8 @@ void row_builder::set_decision(const policy::decision& d) {
   row.reason = d.reason;
 }
 
-void row_builder::finish(int status) {
-  if (done_) return;
+asio::awaitable<void> row_builder::finish(int status) {
+  if (done_) co_return;
   done_ = true;
   row.status = status;
   row.duration_ms =
@@ -53,7 +55,7 @@ void row_builder::finish(int status) {
                   row.host, row.port, row.path, status, row.bytes_up, row.bytes_down,
                   row.duration_ms);
   }
-  if (st_.log) st_.log->record(std::move(row));
+  co_await record_row(st_, std::move(row));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -317,7 +317,7 @@ asio::awaitable<bool> client_session::on_connect(request_parser& p, row_builder&
   auto [ec, n] = co_await asio::async_write(client_, asio::buffer(established), use_nothrow);
   client_.expires_never();
   if (ec) {
-    row.finish(0);
+    co_await row.finish(0);
     co_return false;
   }
   std::string initial(static_cast<const char*>(buf_.data().data()), buf_.size());
@@ -327,14 +327,20 @@ asio::awaitable<bool> client_session::on_connect(request_parser& p, row_builder&
   // idle tunnels).
   buf_.shrink_to_fit();
   upstream_.reset();
+  // Domain fronting: the ClientHello's SNI, when it names another host than the CONNECT, must be
+  // allowed too (a named local: run_tunnel takes the check by reference).
+  const auto sni_check =
+      sni_policy_check(std::move(rules), row.row.sandbox, where->host, where->port);
   st_.counters.active_tunnels.fetch_add(1, std::memory_order_relaxed);
-  auto totals = co_await run_tunnel(client_.socket(), up.stream.socket(), initial,
-                                    cfg_->lim.tunnel_idle_timeout);
+  auto totals =
+      co_await run_tunnel(client_.socket(), up.stream.socket(), initial,
+                          cfg_->lim.tunnel_idle_timeout, sni_check, cfg_->lim.header_timeout);
   st_.counters.active_tunnels.fetch_sub(1, std::memory_order_relaxed);
   row.row.bytes_up = static_cast<std::int64_t>(totals.up);
   row.row.bytes_down = static_cast<std::int64_t>(totals.down);
+  if (totals.refused) row.set_decision(*totals.refused);
   if (totals.idle_timeout) row.row.reason += "; closed after idle timeout";
-  row.finish(200);
+  co_await row.finish(200);
   co_return false;
 }
 

@@ -76,12 +76,14 @@ asio::awaitable<upstream_choice> choose_upstream(const policy::rule_set& rules,
   upstream_choice out;
   using outcome = upstream_result::outcome;
 
-  // Decide by name first, so a destination no rule could allow is refused without a DNS query
-  // (a lookup would itself leak the name to the resolver).
+  // Decide by name first: a name is resolved only when a name rule allows it (a CIDR allow alone
+  // never allows a name, see rule_set), so a denied name never reaches a resolver — the lookup
+  // would itself carry the name, and whatever a sandbox hid in it, out. An IP literal is decided
+  // here on its own address, blocked ranges included.
   f.address.reset();
   auto by_name = rules.decide(f);
-  if (!by_name.allowed() && !rules.has_network_allow(f.sandbox)) {
-    out.result = outcome::denied;
+  if (!by_name.allowed()) {
+    out.result = by_name.blocked_address ? outcome::blocked_address : outcome::denied;
     out.decision = std::move(by_name);
     co_return out;
   }

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -41,6 +42,10 @@ struct decision_log::impl {
   }
 
   void run();
+  // Queues `row` if there is room (false: full, `row` untouched); the caller holds `mutex`.
+  // `wake_writer` says whether the writer must be notified once the lock is released.
+  bool push_locked(decision_row&& row, bool& wake_writer);
+  void tell_space_waiters();
   void write(const std::vector<decision_row>& batch);
   void prune();
   bool stop_requested() {
@@ -55,8 +60,9 @@ struct decision_log::impl {
   std::condition_variable work_ready;  // the writer waits: rows queued, or stop requested
   std::condition_variable progress;    // producers wait for room, flush() for commits
   std::deque<decision_row> queue;
-  std::uint64_t recorded = 0;  // rows accepted by record()
-  std::uint64_t settled = 0;   // rows committed (or given up at shutdown); flush() waits on it
+  std::vector<std::function<void()>> space_waiters;  // notify_when_space() callbacks
+  std::uint64_t recorded = 0;                        // rows accepted by record()
+  std::uint64_t settled = 0;  // rows committed (or given up at shutdown); flush() waits on it
   bool stopping = false;
   bool writer_done = false;
 
@@ -104,6 +110,9 @@ void decision_log::impl::run() {
       queue.erase(queue.begin(), queue.begin() + static_cast<std::ptrdiff_t>(n));
     }
     progress.notify_all();
+    // Room was made: asynchronous producers retry now, while this batch is written (there is
+    // room for them in the queue, and their rows go into the next transaction).
+    tell_space_waiters();
     write(batch);
     {
       std::lock_guard lock(mutex);
@@ -113,6 +122,35 @@ void decision_log::impl::run() {
     batch.clear();
   }
   progress.notify_all();
+  // Stopped: try_record() now accepts (and ignores) everything, so nobody may go on waiting.
+  tell_space_waiters();
+}
+
+void decision_log::impl::tell_space_waiters() {
+  std::vector<std::function<void()>> waiters;
+  {
+    std::lock_guard lock(mutex);
+    waiters.swap(space_waiters);
+  }
+  for (auto& w : waiters)
+    w();
+}
+
+bool decision_log::impl::push_locked(decision_row&& row, bool& wake_writer) {
+  // While stop() drains, rows are still taken (the writer empties the queue before it exits);
+  // once it is gone, they are ignored.
+  if (writer_done) {
+    wake_writer = false;
+    return true;
+  }
+  if (queue.size() >= options.capacity) return false;
+  if (row.ts.empty()) row.ts = now_rfc3339();
+  const bool was_empty = queue.empty();
+  queue.push_back(std::move(row));
+  ++recorded;
+  // The writer sleeps on an empty queue, or lingers for a group commit until enough rows wait.
+  wake_writer = was_empty || queue.size() == group_commit_rows;
+  return true;
 }
 
 void decision_log::impl::write(const std::vector<decision_row>& batch) {
@@ -168,20 +206,39 @@ decision_log::~decision_log() {
 }
 
 void decision_log::record(decision_row row) {
-  if (row.ts.empty()) row.ts = now_rfc3339();
   auto& s = *impl_;
   std::unique_lock lock(s.mutex);
-  if (s.stopping) return;
   // Back-pressure: a full queue blocks the caller instead of dropping its row.
   s.progress.wait(lock, [&] { return s.queue.size() < s.options.capacity || s.writer_done; });
-  if (s.writer_done) return;
-  const bool was_empty = s.queue.empty();
-  s.queue.push_back(std::move(row));
-  const bool batch_ready = s.queue.size() == group_commit_rows;
-  ++s.recorded;
+  bool wake_writer = false;
+  (void)s.push_locked(std::move(row), wake_writer);
   lock.unlock();
-  // The writer sleeps on an empty queue, or lingers for a group commit until enough rows wait.
-  if (was_empty || batch_ready) s.work_ready.notify_one();
+  if (wake_writer) s.work_ready.notify_one();
+}
+
+bool decision_log::try_record(decision_row&& row) {
+  auto& s = *impl_;
+  std::unique_lock lock(s.mutex);
+  bool wake_writer = false;
+  if (!s.push_locked(std::move(row), wake_writer)) return false;
+  lock.unlock();
+  if (wake_writer) s.work_ready.notify_one();
+  return true;
+}
+
+void decision_log::notify_when_space(std::function<void()> on_space) {
+  auto& s = *impl_;
+  {
+    std::lock_guard lock(s.mutex);
+    // Checked under the lock that try_record() and the writer take, so a batch taken between a
+    // refused try_record() and this call is not missed: then there is room, and we say so now.
+    const bool full = s.queue.size() >= s.options.capacity && !s.writer_done;
+    if (full) {
+      s.space_waiters.push_back(std::move(on_space));
+      return;
+    }
+  }
+  on_space();
 }
 
 void decision_log::flush() {

@@ -34,8 +34,10 @@ class row_builder {
   row_builder(proxy_state& st, const std::string& client, const std::string& sandbox);
   store::decision_row row;
   void set_decision(const policy::decision& d);
-  // Records the row (the decision log applies back-pressure when its queue is full).
-  void finish(int status);
+  // Counts and records the row (once; later calls do nothing). When the decision log's queue is
+  // full this waits for room without blocking the thread (record_row): forgetting the co_await
+  // would lose the row, hence [[nodiscard]].
+  [[nodiscard]] asio::awaitable<void> finish(int status);
 
  private:
   proxy_state& st_;
@@ -101,7 +103,7 @@ asio::awaitable<bool> send_refusal(Stream& client, const config::limits& lim, bo
   } else if (row.row.reason.empty()) {
     row.row.reason = r.text.substr(0, r.text.find('\n'));
   }
-  row.finish(r.status);
+  co_await row.finish(r.status);
   co_return !ec && r.keep_alive && !draining;
 }
 
@@ -225,7 +227,7 @@ asio::awaitable<bool> serve_request(Route& route, pipeline_env env) {
       beast::get_lowest_layer(route.client()).expires_after(lim.idle_timeout);
       auto [ec, n] = co_await http::async_write(route.client(), *res, use_nothrow);
       row.row.bytes_down += static_cast<std::int64_t>(n);
-      row.finish(200);
+      co_await row.finish(200);
       const bool go_on = !ec && res->keep_alive();
       if (!go_on) co_await route.on_close(false);
       co_return go_on;
@@ -290,11 +292,11 @@ asio::awaitable<bool> serve_request(Route& route, pipeline_env env) {
         co_return co_await refuse(version, *r);
       }
     }
-    row.finish(x.status);
+    co_await row.finish(x.status);
     co_await route.on_close(false);
     co_return false;
   }
-  row.finish(x.status);
+  co_await row.finish(x.status);
   route.after_exchange(x);
   co_return x.client_keep_alive && !x.upgraded && !env.draining;
 }

@@ -4,9 +4,13 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
+#include <string>
 #include <string_view>
 
+#include "policy/rule.hpp"
 #include "proxy/detail/net.hpp"
 
 namespace sbx::proxy::detail {
@@ -36,7 +40,25 @@ struct relay_totals {
   std::uint64_t up = 0;    // client -> upstream
   std::uint64_t down = 0;  // upstream -> client
   bool idle_timeout = false;
+  // Set when the client's first flight was refused (run_tunnel with a first_flight_check): the
+  // tunnel was closed and none of that flight went upstream. The caller logs it as the row's deny.
+  std::optional<policy::decision> refused;
 };
+
+// Judges a tunnel's first client flight by the server name of its TLS ClientHello (nullopt: a
+// ClientHello without server_name). Returns the refusal, or nullopt to relay. Not called for a
+// first flight that is not TLS.
+using first_flight_check =
+    std::function<std::optional<policy::decision>(std::optional<std::string_view> sni)>;
+
+// The check for a tunnelled CONNECT to `connect_host`:`port` by `sandbox`: an SNI equal to the
+// CONNECT host (case and a trailing dot aside) passes (the host was decided already); any other
+// SNI, an IP-literal CONNECT's included, must itself be allowed by name for that sandbox and port,
+// else the refusal's reason reads "SNI <sni> does not match CONNECT host <host>: <why>". No SNI
+// passes: the CONNECT host's decision stands.
+[[nodiscard]] first_flight_check sni_policy_check(std::shared_ptr<const policy::rule_set> rules,
+                                                  std::string sandbox, std::string connect_host,
+                                                  std::uint16_t port);
 
 // Relays until both directions reached end-of-stream (each EOF is passed on as a half-close), an
 // error ends both, or no byte moved either way for `idle_timeout`. `initial_up` holds bytes the
@@ -44,6 +66,18 @@ struct relay_totals {
 asio::awaitable<relay_totals> run_tunnel(tcp::socket& client, tcp::socket& upstream,
                                          std::string_view initial_up,
                                          std::chrono::milliseconds idle_timeout);
+
+// The same, but the client's first flight (`initial_up` and what follows) is held back until it is
+// known not to be TLS, or its ClientHello is complete and `check` accepts it. A ClientHello must
+// be complete within `first_flight_timeout` of its first byte and within client_hello_max_bytes;
+// a TLS record that is not a readable ClientHello is refused (fail closed). Upstream bytes flow to
+// the client from the start (server-speaks-first protocols: SSH, SMTP). After the first flight
+// the relay is exactly run_tunnel's. `check` must outlive the call.
+asio::awaitable<relay_totals> run_tunnel(tcp::socket& client, tcp::socket& upstream,
+                                         std::string_view initial_up,
+                                         std::chrono::milliseconds idle_timeout,
+                                         const first_flight_check& check,
+                                         std::chrono::milliseconds first_flight_timeout);
 
 namespace relay_detail {
 

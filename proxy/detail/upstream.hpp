@@ -37,8 +37,9 @@ struct upstream_choice {
   [[nodiscard]] bool ok() const { return result == upstream_result::outcome::connected; }
 };
 
-// Decides by name, resolves (a `resolve` override counts as the DNS answer) and decides again for
-// every address. `f` carries sandbox, host, port and, when known, method and path.
+// Decides by name (a name no name rule allows is refused here, without a DNS query), resolves (a
+// `resolve` override counts as the DNS answer) and decides again for every address. `f` carries
+// sandbox, host, port and, when known, method and path.
 asio::awaitable<upstream_choice> choose_upstream(const policy::rule_set& rules,
                                                  const config::settings& cfg, policy::facts f);
 

@@ -9,8 +9,9 @@ Run: SBX_BIN=build/cli/sbx /usr/bin/python3 -m pytest tests/e2e
 - upstreams    .http, .https (test leaf), .self_signed, .wrong_name, .closed_port (session);
                cleared before every test
 - proxy_config the config dict the proxy fixtures write (resolve map + upstream_ca_file)
-- start_proxy  start_proxy(config=None, args=()) -> ProxyProcess, listening; config is merged
-               into proxy_config; always stopped (SIGTERM, exit 0 checked) or killed afterwards
+- start_proxy  start_proxy(config=None, args=(), env=None, wrapper=()) -> ProxyProcess, listening;
+               config is merged into proxy_config; wrapper prefixes the command (it must exec the
+               proxy); always stopped (SIGTERM, exit 0 checked) or killed afterwards
 - proxy        start_proxy() with the defaults
 - db           db.rows(sql, params), db.wait_rows(sql, params, count) on $SBX_HOME/policy.db
 """
@@ -161,10 +162,11 @@ def pytest_runtest_makereport(item, call):
 def start_proxy(request, sbx_bin, sbx_env, proxy_config, tmp_path):
     started = []
 
-    def start(config=None, args=(), env=None):
+    def start(config=None, args=(), env=None, wrapper=()):
         config_file = tmp_path / f"config-{len(started)}.json"
         config_file.write_text(json.dumps(deep_merge(proxy_config, config), indent=2))
-        process = ProxyProcess(sbx_bin, env or sbx_env, config_file, extra_args=args)
+        process = ProxyProcess(sbx_bin, env or sbx_env, config_file, extra_args=args,
+                               wrapper=wrapper)
         started.append(process)
         process.wait_until_listening()
         return process

@@ -149,12 +149,15 @@ TEST_CASE("network rules match the resolved address") {
   auto d = set.decide({.host = "example.com", .port = 443});
   CHECK_FALSE(d.allowed());
   CHECK(d.reason == default_deny);
+  // A CIDR allow alone does not allow a name, even one that resolves into it.
   d = set.decide({.host = "example.com", .port = 443, .address = addr("93.184.216.34")});
-  CHECK(d.allowed());
-  CHECK(d.rule_id == 1);
-  d = set.decide({.host = "example.com", .port = 443, .address = addr("93.184.217.1")});
   CHECK_FALSE(d.allowed());
   CHECK(d.rule_id == 0);
+  CHECK(d.reason == default_deny);
+  // ... but it does allow the literal.
+  d = set.decide({.host = "93.184.216.34", .port = 443});
+  CHECK(d.allowed());
+  CHECK(d.rule_id == 1);
   // A name allowed by its rule is still denied by the network it resolves into, in either form.
   d = set.decide({.host = "db.corp.example", .port = 5432, .address = addr("10.1.2.3")});
   CHECK_FALSE(d.allowed());
@@ -339,18 +342,77 @@ TEST_CASE("needs_interception: a rule in scope with HTTP conditions for this hos
   CHECK_FALSE(rule_set().needs_interception("", "api.github.com", 443));
 }
 
-TEST_CASE("has_network_allow: an allow network rule in scope") {
-  CHECK_FALSE(rule_set().has_network_allow(""));
-  const auto names_only = rules_of({{1, "", action::allow, "example.com"},
-                                    {2, "", action::deny, "10.0.0.0/8"},
-                                    {3, "", action::allow, "**"},
-                                    {4, "dev", action::allow, "192.0.2.0/24"}});
-  CHECK_FALSE(names_only.has_network_allow(""));
-  CHECK_FALSE(names_only.has_network_allow("prod"));
-  CHECK(names_only.has_network_allow("dev"));
-  const auto global = rules_of({{1, "", action::allow, "[::1]"}});
-  CHECK(global.has_network_allow(""));
-  CHECK(global.has_network_allow("dev"));
+TEST_CASE("CIDR allows apply to IP literals and to names a name rule allows, never alone") {
+  struct row {
+    std::string_view why;
+    std::initializer_list<spec> rules;
+    facts f;
+    bool allowed;
+    std::int64_t rule_id;
+  };
+  const auto ten = *ip_address::parse("10.1.2.3");
+  const auto public_address = *ip_address::parse("192.0.2.7");
+  const row rows[] = {
+      {"a name only a CIDR allow would match, before resolution",
+       {{1, "", action::allow, "10.0.0.0/8"}},
+       {.host = "exfil-abc.denied.example", .port = 443},
+       false,
+       0},
+      {"... and after (a caller must not resolve it, but decide() agrees anyway)",
+       {{1, "", action::allow, "10.0.0.0/8"}},
+       {.host = "exfil-abc.denied.example", .port = 443, .address = ten},
+       false,
+       0},
+      {"a sandbox's CIDR allow alone does not allow a name either",
+       {{1, "dev", action::allow, "0.0.0.0/0"}, {2, "dev", action::allow, "::/0"}},
+       {.sandbox = "dev", .host = "anything.example", .port = 443, .address = public_address},
+       false,
+       0},
+      {"an IP literal in the CIDR",
+       {{1, "", action::allow, "10.0.0.0/8"}},
+       {.host = "10.1.2.3", .port = 443},
+       true,
+       1},
+      {"a bracketed IPv6 literal in the CIDR",
+       {{1, "", action::allow, "2001:db8::/32"}},
+       {.host = "[2001:db8::7]", .port = 443},
+       true,
+       1},
+      {"a name a wildcard allows, resolved into a blocked range the CIDR unlocks",
+       {{1, "", action::allow, "**.corp.example"}, {2, "", action::allow, "10.0.0.0/8"}},
+       {.host = "db.corp.example", .port = 5432, .address = ten},
+       true,
+       2},
+      {"a name ** allows, resolved into the CIDR",
+       {{1, "", action::allow, "**"}, {2, "", action::allow, "192.0.2.0/24"}},
+       {.host = "svc.example", .port = 443, .address = public_address},
+       true,
+       2},
+      {"a name rule of another port does not make the name allowed",
+       {{1, "", action::allow, "svc.example:8443"}, {2, "", action::allow, "192.0.2.0/24"}},
+       {.host = "svc.example", .port = 443, .address = public_address},
+       false,
+       0},
+      {"a name rule whose path does not match does not make the name allowed",
+       {{1, "", action::allow, "svc.example", "", "/v1/**"},
+        {2, "", action::allow, "192.0.2.0/24"}},
+       {.host = "svc.example", .port = 443, .address = public_address, .path = "/v2/x"},
+       false,
+       0},
+      {"a CIDR deny still refuses a name a name rule allows",
+       {{1, "", action::allow, "**"}, {2, "", action::deny, "192.0.2.0/24"}},
+       {.host = "svc.example", .port = 443, .address = public_address},
+       false,
+       2},
+  };
+  for (const auto& r : rows) {
+    CAPTURE(r.why);
+    const auto d = rules_of(r.rules).decide(r.f);
+    CHECK(d.allowed() == r.allowed);
+    CHECK(d.rule_id == r.rule_id);
+    CHECK_FALSE(d.blocked_address);
+    if (r.rule_id == 0) CHECK(d.reason == default_deny);
+  }
 }
 
 TEST_CASE("blocked ranges are refused after resolution, for every listed range") {
@@ -473,11 +535,11 @@ TEST_CASE("blocked ranges: what unlocks an address and what does not") {
        false,
        0,
        true},
-      {"a CIDR alone allows the name that resolves into it",
+      {"a CIDR alone does not allow the name that resolves into it",
        {{1, "", action::allow, "10.0.0.0/8"}},
        {.host = "db.internal", .port = 5432, .address = *ip_address::parse("10.1.1.1")},
-       true,
-       1,
+       false,
+       0,
        false},
       {"a literal host is the address when none is given",
        {{1, "", action::allow, "**"}},

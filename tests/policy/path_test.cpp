@@ -1,6 +1,7 @@
 // Path patterns, path matching and request-path normalization.
 #include <doctest/doctest.h>
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -35,7 +36,7 @@ TEST_CASE("path_matches") {
       {"/", "/", true},
       {"/", "/a", false},
       {"/v1", "/v1", true},
-      {"/v1", "/v1/", false},
+      {"/v1", "/v1/", true},  // a trailing slash cannot escape an exact rule
       {"/v1", "/v10", false},
       {"/v1/", "/v1/", true},
       {"/v1/**", "/v1", true},
@@ -107,7 +108,8 @@ TEST_CASE("validate_path_pattern rejects patterns with the reason") {
       {"/a b", "write it as %20"},
       {"/a\\b", "'\\'"},
       {"/a%2Fb", "encoded '/'"},
-      {"/a%5cb", "encoded '/' or '\\'"},
+      {"/a%5cb", "encoded '/', '\\' or NUL"},
+      {"/a%00", "encoded '/', '\\' or NUL"},
       {"/a%41", "write 'A' instead of %41"},
       {"/a%3a", "write %3A instead of %3a"},
       {"/a%zz", "invalid escape"},
@@ -115,7 +117,15 @@ TEST_CASE("validate_path_pattern rejects patterns with the reason") {
       {"/a%", "not followed by two hex digits"},
       {"/v1/../admin", "\"..\" segment"},
       {"/v1/./x", "\".\" segment"},
-      {"/v1/..;x/admin", "\"..;x\" segment"},
+      {"/v1/..;x/admin", "contains ';'"},
+      {"/v1/...", "\"...\" segment"},
+      {"/v1/..%20", "\"..%20\" segment"},
+      {"/admin;jsessionid=1/**", "contains ';': parameters"},
+      {"/admin%3Bx/**", "contains %3B: parameters"},
+      {"/admin%3b", "contains %3b: parameters"},
+      {"/admin./x", "ending in '.' or %20 (\"admin.\"); trailing dots and spaces are dropped"},
+      {"/admin%20", "so write \"admin\""},
+      {"/files/*.", "ending in '.'"},
       {"/v1//x", "empty segment"},
       {"//", "empty segment"},
       {"/v1/**.json", "'**' must be a whole segment"},
@@ -155,7 +165,6 @@ TEST_CASE("normalize_path") {
       {"/a/b/..", "/a/"},
       {"/a/b/.", "/a/b/"},
       {"/a/.b/..c", "/a/.b/..c"},
-      {"/a/...", "/a/..."},
       // Repeated slashes collapse.
       {"//v1//a///b", "/v1/a/b"},
       {"/v1//", "/v1/"},
@@ -185,6 +194,15 @@ TEST_CASE("normalize_path") {
       {"/a\x7f", std::nullopt},
       {"/v1/..;/admin", std::nullopt},
       {"/v1/.;x/admin", std::nullopt},
+      // ... and anything else a server may read as a dot-segment, or a NUL that ends it early.
+      {"/a/.../admin", std::nullopt},
+      {"/a/%2e%2e%2e/admin", std::nullopt},
+      {"/a/..%20/admin", std::nullopt},
+      {"/a/.%20/admin", std::nullopt},
+      {"/a/.%3Bx/admin", std::nullopt},
+      {"/a/..%3b/admin", std::nullopt},
+      {"/a/..%00/admin", std::nullopt},
+      {"/a%00", std::nullopt},
       {"", std::nullopt},
       {"v1/models", std::nullopt},
       {"*", std::nullopt},
@@ -206,5 +224,147 @@ TEST_CASE("a normalized path cannot slip past a path rule") {
     CHECK(*path == "/admin");
     CHECK_FALSE(path_matches("/v1/**", *path));
     CHECK(path_matches("/admin", *path));
+  }
+}
+
+TEST_CASE(
+    "path_matches compares the match key: parameters, trailing dots and slashes hide nothing") {
+  struct row {
+    std::string_view pattern;
+    std::string_view path;  // already normalized
+    bool matches;
+  };
+  const row rows[] = {
+      // ';' parameters, literal or encoded, cannot hide a segment.
+      {"/admin/**", "/admin;jsessionid=1/x", true},
+      {"/admin/**", "/admin;/x", true},
+      {"/admin/**", "/admin;a;b=c/x/y", true},
+      {"/admin/**", "/admin%3Bx/y", true},
+      {"/admin/**", "/admin%3bx/y", true},
+      {"/admin/**", "/;/admin/x", true},
+      {"/admin/**", "/;x/admin", true},
+      {"/admin/**", "/admin;", true},
+      {"/admin/*", "/admin/x;y", true},
+      {"/repos/*/issues", "/repos/sbx;v=1/issues;x", true},
+      // Trailing dots and spaces are dropped from a segment.
+      {"/admin/**", "/admin./x", true},
+      {"/admin/**", "/admin../x", true},
+      {"/admin/**", "/admin%20/x", true},
+      {"/admin/**", "/admin.%20./x", true},
+      {"/admin/**", "/admin;x./y", true},
+      {"/admin/**", "/admin.;x/y", true},
+      {"/v1/*.json", "/v1/data.json.", true},
+      // A trailing '/' (or what normalizes to one) cannot escape an exact rule.
+      {"/exact", "/exact", true},
+      {"/exact", "/exact/", true},
+      {"/exact", "/exact;x", true},
+      {"/exact", "/exact/;x", true},
+      {"/exact", "/exact.", true},
+      {"/exact", "/exact%20", true},
+      {"/exact", "/exact/x", false},
+      {"/exact", "/exactly", false},
+      {"/exact", "/exact.json", false},
+      {"/exact", "/ex", false},
+      // ... while a pattern ending in '/' or '*' still matches the trailing empty segment.
+      {"/v1/", "/v1/", true},
+      {"/v1/", "/v1;x/", true},
+      {"/v1/", "/v1", false},
+      {"/v1/*", "/v1/", true},
+      {"/v1/*", "/v1;x/", true},
+      {"/v1/*", "/v1/;x", true},
+      {"/*", "/", true},
+      {"/", "/;x", true},
+      {"/", "/", true},
+      {"/**", "/;x", true},
+      // Segments that only look alike stay apart.
+      {"/admin/**", "/administrator/x", false},
+      {"/admin/**", "/admin-x/y", false},
+      {"/admin/**", "/public/admin", false},
+      {"/admin/**", "/adm;in/x", false},
+      {"/admin/**", "/.admin/x", false},
+      {"/admin/**", "/admin%2Ex", false},  // not normalized: %2E would have been decoded
+      {"/admin/**", "/ADMIN/x", false},    // case-sensitive unless folded (deny rules)
+  };
+  for (const auto& r : rows) {
+    CAPTURE(r.pattern);
+    CAPTURE(r.path);
+    CHECK(path_matches(r.pattern, r.path) == r.matches);
+  }
+}
+
+TEST_CASE("path_matches with fold_case (deny rules) ignores ASCII case only") {
+  CHECK(path_matches("/admin/**", "/ADMIN/x", true));
+  CHECK(path_matches("/admin/**", "/Admin;x./y", true));
+  CHECK(path_matches("/exact", "/EXACT/", true));
+  CHECK(path_matches("/caf%C3%A9", "/CAF%C3%A9", true));
+  CHECK_FALSE(path_matches("/admin/**", "/admín/x", true));
+  CHECK_FALSE(path_matches("/admin/**", "/ADMIN/x", false));
+}
+
+TEST_CASE("request-path variants are denied by a deny rule and plain paths still allowed") {
+  using sbx::policy::action;
+  using sbx::policy::make_rule;
+  using sbx::policy::rule_set;
+  const rule_set rules({make_rule(1, "", action::allow, "allowed.test"),
+                        make_rule(2, "", action::deny, "allowed.test", "", "/admin/**"),
+                        make_rule(3, "", action::deny, "allowed.test", "", "/exact")});
+  struct row {
+    std::string_view raw;  // as the client sent it
+    std::string_view normalized;
+    std::int64_t rule_id;  // the deciding rule; 1 = allowed
+  };
+  const row rows[] = {
+      {"/admin/x", "/admin/x", 2},
+      {"/admin;jsessionid=1/x", "/admin;jsessionid=1/x", 2},
+      {"/admin;/x", "/admin;/x", 2},
+      {"/admin./x", "/admin./x", 2},
+      {"/admin%2e/x", "/admin./x", 2},
+      {"/admin%2E%2E/x", "/admin../x", 2},
+      {"/admin%20/x", "/admin%20/x", 2},
+      {"/admin%3b/x", "/admin%3B/x", 2},
+      {"/ADMIN/x", "/ADMIN/x", 2},
+      {"/Admin;x/y", "/Admin;x/y", 2},
+      {"//admin/x", "/admin/x", 2},
+      {"/.%2e/admin/x", "/admin/x", 2},
+      {"/%2e/admin", "/admin", 2},
+      {"/public/../admin", "/admin", 2},
+      {"/public/%2e%2e/admin", "/admin", 2},
+      {"/public;x/../admin/y", "/admin/y", 2},
+      {"/;/admin/x", "/;/admin/x", 2},
+      {"/admin?x=1", "/admin", 2},
+      {"/exact", "/exact", 3},
+      {"/exact/", "/exact/", 3},
+      {"/exact;x", "/exact;x", 3},
+      {"/exact/.", "/exact/", 3},
+      {"/exact/./", "/exact/", 3},
+      {"/exact//", "/exact/", 3},
+      {"/exact.", "/exact.", 3},
+      {"/exact%2e", "/exact.", 3},
+      {"/EXACT", "/EXACT", 3},
+      {"/x/../exact/", "/exact/", 3},
+      // Normal traffic is still served.
+      {"/", "/", 1},
+      {"/public/x", "/public/x", 1},
+      {"/administrator", "/administrator", 1},
+      {"/exact/sub", "/exact/sub", 1},
+      {"/exactly", "/exactly", 1},
+      {"/public/admin", "/public/admin", 1},
+  };
+  for (const auto& r : rows) {
+    CAPTURE(r.raw);
+    const auto path = normalize_path(r.raw);
+    REQUIRE(path.has_value());
+    CHECK(*path == r.normalized);
+    const auto d =
+        rules.decide({.host = "allowed.test", .port = 80, .method = "GET", .path = *path});
+    CHECK(d.rule_id == r.rule_id);
+    CHECK(d.allowed() == (r.rule_id == 1));
+  }
+  // Forms a server may read as a dot-segment are refused outright (the proxy answers 400).
+  for (std::string_view raw : {"/admin/..;/x", "/public/..;/admin", "/public/.;/admin",
+                               "/public/.../admin", "/public/..%20/admin", "/public/.%3B/admin",
+                               "/public/..%00/admin", "/admin%2Fx", "/admin%5cx", "/admin\\x"}) {
+    CAPTURE(raw);
+    CHECK_FALSE(normalize_path(raw).has_value());
   }
 }

@@ -212,6 +212,86 @@ TEST_CASE("decision_log: stop() flushes, is idempotent, and later records are ig
   CHECK(count_rows(dir.db()) == 1'500);
 }
 
+TEST_CASE("decision_log: try_record refuses at once when full, and the writer tells waiters") {
+  temp_dir dir;
+  constexpr std::size_t capacity = 4;
+  decision_log log(dir.db(), {.capacity = capacity, .busy_timeout = milliseconds{20}});
+  raw_db blocker(dir.db());
+  blocker.exec("BEGIN EXCLUSIVE");  // the writer cannot commit: it keeps retrying its batch
+
+  // The first row goes into the writer's batch, which then hangs on the lock...
+  auto first = sample_row(0, 0);
+  REQUIRE(log.try_record(std::move(first)));
+  REQUIRE(eventually([&] { return log.write_errors() >= 1 && log.queue_depth() == 0; }));
+  // ...so the queue fills up behind it.
+  for (int i = 1; i <= static_cast<int>(capacity); ++i) {
+    auto row = sample_row(0, i);
+    REQUIRE(log.try_record(std::move(row)));
+  }
+  CHECK(log.queue_depth() == capacity);
+
+  auto refused = sample_row(0, 99);
+  auto before = steady_clock::now();
+  CHECK_FALSE(log.try_record(std::move(refused)));
+  CHECK(steady_clock::now() - before < milliseconds{50});  // did not wait for the writer
+  CHECK(refused.path == "/p0/99");                         // not consumed
+
+  std::atomic<int> told{0};
+  std::atomic<std::thread::id> told_on{};
+  log.notify_when_space([&] {
+    told_on = std::this_thread::get_id();
+    ++told;
+  });
+  // Still full while the lock is held: nobody is told.
+  const auto errors = log.write_errors();
+  REQUIRE(eventually([&] { return log.write_errors() >= errors + 3; }));
+  CHECK(told == 0);
+  CHECK_FALSE(log.try_record(std::move(refused)));
+
+  blocker.exec("COMMIT");
+  CHECK(eventually([&] { return told == 1; }));
+  CHECK(told_on.load() != std::this_thread::get_id());  // the writer's thread, after its drain
+  CHECK(log.try_record(std::move(refused)));
+  log.flush();
+  CHECK(count_rows(dir.db()) == static_cast<std::int64_t>(capacity) + 2);
+
+  // With room now, the callback runs at once on the caller's thread.
+  int now_told = 0;
+  log.notify_when_space([&] { ++now_told; });
+  CHECK(now_told == 1);
+  CHECK(told == 1);  // a callback fires once
+}
+
+TEST_CASE("decision_log: stopping tells every waiter, and try_record then drops without refusing") {
+  temp_dir dir;
+  decision_log log(dir.db(), {.capacity = 1, .busy_timeout = milliseconds{20}});
+  raw_db blocker(dir.db());
+  blocker.exec("BEGIN EXCLUSIVE");
+  auto a = sample_row(0, 0);
+  REQUIRE(log.try_record(std::move(a)));
+  REQUIRE(eventually([&] { return log.write_errors() >= 1 && log.queue_depth() == 0; }));
+  auto b = sample_row(0, 1);
+  REQUIRE(log.try_record(std::move(b)));
+  auto c = sample_row(0, 2);
+  REQUIRE_FALSE(log.try_record(std::move(c)));
+  std::atomic<int> told{0};
+  for (int i = 0; i < 3; ++i)
+    log.notify_when_space([&] { ++told; });
+
+  std::thread stopper([&] { log.stop(); });
+  std::this_thread::sleep_for(milliseconds{100});  // stop() is now waiting on the stuck writer
+  blocker.exec("COMMIT");
+  stopper.join();
+  CHECK(told == 3);
+  CHECK(count_rows(dir.db()) == 2);
+  auto d = sample_row(0, 3);
+  CHECK(log.try_record(std::move(d)));  // accepted and ignored: the writer is gone
+  int late = 0;
+  log.notify_when_space([&] { ++late; });
+  CHECK(late == 1);
+  CHECK(count_rows(dir.db()) == 2);
+}
+
 TEST_CASE("decision_log: rows older than the retention are pruned at start") {
   temp_dir dir;
   auto old_ts = parse_since("40d");

@@ -22,11 +22,15 @@ class ProxyExited(RuntimeError):
 class ProxyProcess:
     """A running `sbx proxy`. Always stop()ed or kill()ed by whoever started it."""
 
-    def __init__(self, sbx_bin, env, config_file=None, extra_args=(), listen="127.0.0.1:0"):
+    def __init__(self, sbx_bin, env, config_file=None, extra_args=(), listen="127.0.0.1:0",
+                 wrapper=()):
+        # `wrapper` prefixes the command (e.g. `unshare --mount sh -c '...; exec "$@"' ...`); it
+        # must end by exec'ing the proxy, so that pid and signals are the proxy's own.
         args = [str(sbx_bin), "proxy", "--listen", listen]
         if config_file is not None:
             args += ["--config", str(config_file)]
         args += list(extra_args)
+        args = [str(a) for a in wrapper] + args
         self.args = args
         self._lines = []
         self._cond = threading.Condition()
