@@ -315,7 +315,9 @@ http {{
                 "sse.test:443": f"127.0.0.1:{self.sse_port}",
             },
             "upstream_ca_file": str(self.ca),
+            # Every bench client is 127.0.0.1: the per-client cap must not be the limit measured.
             "limits": {"max_connections": 2 * IDLE_TUNNELS_MAX + 1000,
+                       "max_connections_per_client": 2 * IDLE_TUNNELS_MAX + 999,
                        "max_connections_per_sandbox": 2 * IDLE_TUNNELS_MAX + 1000},
         }
         config_file = self.w / "sbx-config.json"

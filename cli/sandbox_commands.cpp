@@ -2,6 +2,8 @@
 // its hash is stored for, so the token is printed exactly once, at creation.
 #include <memory>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
@@ -34,8 +36,43 @@ void validate_name(const std::string& name) {
   }
 }
 
-int run_add(const std::string& name) {
+// --source values, each one or a comma-separated list of addresses or CIDRs.
+std::vector<policy::ip_network> parse_sources(const std::vector<std::string>& values) {
+  std::vector<policy::ip_network> out;
+  for (const auto& value : values) {
+    std::string_view rest = value;
+    while (true) {
+      const auto comma = rest.find(',');
+      const auto item = rest.substr(0, comma);
+      try {
+        out.push_back(store::parse_source_network(item));
+      } catch (const store::store_error& e) {
+        throw usage_error(e.what());
+      }
+      if (comma == std::string_view::npos) break;
+      rest.remove_prefix(comma + 1);
+    }
+  }
+  return out;
+}
+
+std::string sources_text(const std::vector<policy::ip_network>& sources) {
+  std::string out;
+  for (const auto& n : sources) {
+    if (!out.empty()) out += ',';
+    // A single address reads better without its /32 or /128.
+    auto text = n.to_string();
+    if ((!n.base.v6 && n.prefix == 32) || (n.base.v6 && n.prefix == 128)) {
+      text = text.substr(0, text.rfind('/'));
+    }
+    out += text;
+  }
+  return out;
+}
+
+int run_add(const std::string& name, const std::vector<std::string>& source_values) {
   validate_name(name);
+  const auto sources = parse_sources(source_values);
   auto st = open_state();
   if (st.db.token_hash(name)) {
     throw failure(fmt::format(
@@ -43,7 +80,7 @@ int run_add(const std::string& name) {
         name, name));
   }
   auto token = store::make_sandbox_token();
-  st.db.add_sandbox(name, store::hash_sandbox_token(token));
+  st.db.add_sandbox(name, store::hash_sandbox_token(token), sources);
   notify_rules_changed(st.dir);
   // The token itself goes to the keychain, so `sbx sandbox env` can print the proxy URL later.
   bool remembered = false;
@@ -69,6 +106,12 @@ int run_add(const std::string& name) {
       remembered
           ? "policy.db keeps only its hash; the keychain keeps the token for `sbx sandbox env`."
           : "This token will not be shown again: only its hash is stored.");
+  if (!sources.empty()) {
+    fmt::print(
+        "Traffic from {} is sandbox \"{}\" with or without the token; another sandbox's token "
+        "from there is refused.\n",
+        sources_text(sources), name);
+  }
   return exit_ok;
 }
 
@@ -78,13 +121,19 @@ int run_ls(bool json) {
   if (json) {
     auto out = nlohmann::json::array();
     for (const auto& s : sandboxes)
-      out.push_back({{"name", s.name}, {"created", s.created}});
+      out.push_back({{"name", s.name}, {"created", s.created}, {"sources", [&] {
+                                                                  auto list =
+                                                                      nlohmann::json::array();
+                                                                  for (const auto& n : s.sources)
+                                                                    list.push_back(n.to_string());
+                                                                  return list;
+                                                                }()}});
     fmt::print("{}\n", out.dump(2));
     return exit_ok;
   }
-  text_table table({"NAME", "CREATED"});
+  text_table table({"NAME", "CREATED", "SOURCES"});
   for (const auto& s : sandboxes)
-    table.add_row({s.name, s.created});
+    table.add_row({s.name, s.created, s.sources.empty() ? "-" : sources_text(s.sources)});
   table.print();
   return exit_ok;
 }
@@ -119,7 +168,16 @@ void add_sandbox_commands(CLI::App& app, command_action& action) {
   auto add_name = std::make_shared<std::string>();
   add->add_option("name", *add_name, "1-63 of a-z 0-9 - _, starting with a letter or digit")
       ->required();
-  add->callback([add_name, &action] { action = [add_name] { return run_add(*add_name); }; });
+  auto add_sources = std::make_shared<std::vector<std::string>>();
+  add->add_option("--source", *add_sources,
+                  "Address or CIDR the sandbox's traffic comes from (a container's or microVM's "
+                  "IP): such traffic is this sandbox with or without its token. Repeatable, or "
+                  "comma-separated")
+      ->type_name("CIDR")
+      ->allow_extra_args(false);  // `--source A NAME` must not take NAME as a second source
+  add->callback([add_name, add_sources, &action] {
+    action = [add_name, add_sources] { return run_add(*add_name, *add_sources); };
+  });
 
   add_sandbox_env_command(*sandbox, action);
 

@@ -29,8 +29,11 @@ class config_error : public std::runtime_error {
 };
 
 struct limits {
-  std::chrono::milliseconds header_timeout{10'000};     // request line + headers must arrive in
-  std::chrono::milliseconds idle_timeout{60'000};       // keep-alive wait for the next request
+  std::chrono::milliseconds header_timeout{10'000};  // request line + headers must arrive in
+  std::chrono::milliseconds idle_timeout{60'000};    // keep-alive wait for the next request
+  // A new connection's first request head must be complete this long after accept, or the
+  // connection is closed: idle connections must not hold slots (issue 8).
+  std::chrono::milliseconds first_byte_timeout{5'000};
   std::chrono::milliseconds connect_timeout{10'000};    // DNS + TCP connect (+ TLS handshake)
   std::chrono::milliseconds upstream_timeout{120'000};  // upstream silence while a response is due
   std::chrono::milliseconds tunnel_idle_timeout{600'000};  // no bytes either way in a tunnel
@@ -38,7 +41,29 @@ struct limits {
   std::size_t max_header_bytes = 64 * 1024;                // request line + headers; beyond: 431
   std::size_t max_connections = 8192;                      // client connections, all sandboxes
   std::size_t max_connections_per_sandbox = 2048;          // per sandbox (and for "no sandbox")
+  std::size_t max_connections_per_client = 2048;           // per client IP address
+  // Which connection caps a config file set. The others are defaults that the proxy sizes from
+  // its open-file limit at start (fit_connection_caps).
+  bool max_connections_set = false;
+  bool max_connections_per_sandbox_set = false;
+  bool max_connections_per_client_set = false;
 };
+
+// Sizes the connection caps the config did not set from the number of file descriptors the
+// process may open (RLIMIT_NOFILE): a connection may need two (client and upstream), and a reserve
+// is kept for policy.db, the control socket and each I/O thread's own descriptors. The per-client
+// and per-sandbox caps default to a quarter of the total, so one address or one sandbox can never
+// take every slot. Returns one line for the start-up log saying what was chosen and why.
+//   auto line = fit_connection_caps(s.lim, 1024);  // max_connections = 448, per client = 112
+std::string fit_connection_caps(limits& lim, std::uint64_t open_files);
+
+// Who may use the proxy without a sandbox identity (token or --source address), i.e. the global
+// rules and the global secrets:
+//   same_user  only connections over loopback from a socket owned by the proxy's own user
+//   none       nobody: every client needs a sandbox identity
+//   any        every client that can reach the listener
+enum class anonymous_access { same_user, none, any };
+[[nodiscard]] std::string_view to_string(anonymous_access a);  // "same-user" | "none" | "any"
 
 // A named credential: the hosts it may be sent to and the header forms it takes.
 struct service {
@@ -71,6 +96,7 @@ struct settings {
   // taken relative to that file's directory; the file must exist when the config is loaded.
   std::string upstream_ca_file;
   bool intercept_all = false;
+  anonymous_access anonymous = anonymous_access::same_user;
   std::vector<service> services;  // built-in catalogue merged with config (same name overrides)
   limits lim;
   int log_retention_days = 30;             // decision-log rows older than this are deleted

@@ -21,7 +21,8 @@ struct metrics {
   std::atomic<std::uint64_t> bad_requests{0};
   std::atomic<std::uint64_t> auth_failures{0};
   std::atomic<std::uint64_t> upstream_errors{0};
-  std::atomic<std::uint64_t> connection_limit_rejections{0};
+  std::atomic<std::uint64_t> connection_limit_rejections{0};  // every cap: global, client, sandbox
+  std::atomic<std::uint64_t> client_limit_rejections{0};      // per client address (429 at accept)
   std::atomic<std::uint64_t> credentials_injected{0};
   std::atomic<std::uint64_t> credentials_missing{0};
   std::atomic<std::uint64_t> upstream_tls_handshakes{0};  // intercepted: new verified upstream TLS

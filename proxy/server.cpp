@@ -4,7 +4,9 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
+#include <cerrno>
 #include <csignal>
+#include <cstring>
 
 #include <thread>
 
@@ -18,8 +20,10 @@
 #include "keychain/secret_store.hpp"
 #include "policy/store/decision_json.hpp"
 #include "policy/store/state_db.hpp"
+#include "proxy/detail/control_api.hpp"
 #include "proxy/detail/control_server.hpp"
 #include "proxy/detail/credentials.hpp"
+#include "proxy/detail/identity.hpp"
 #include "proxy/detail/intercept.hpp"
 #include "proxy/detail/session.hpp"
 #include "proxy/http_checks.hpp"
@@ -36,6 +40,11 @@ constexpr auto rules_poll_interval = std::chrono::milliseconds(250);
 // (secret-tool, Seahorse) within a few seconds.
 constexpr int secrets_poll_every = 40;  // rule polls, i.e. 10 s
 constexpr std::string_view version_text = "0.1.0";
+// A refused flood must not flood the log too: at most one line per this interval.
+constexpr auto client_limit_log_interval = std::chrono::seconds(10);
+// When the hard open-file limit is unlimited, the soft limit goes this high (the kernel's default
+// fs.nr_open).
+constexpr rlim_t open_files_when_unlimited = 1 << 20;
 
 void setup_logging() {
   if (!spdlog::get("sbx")) {
@@ -58,58 +67,39 @@ std::string endpoint_text(const tcp::endpoint& ep) {
                               : fmt::format("{}:{}", ep.address().to_string(), ep.port());
 }
 
-std::string url_decode(std::string_view s) {
-  std::string out;
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '+') {
-      out.push_back(' ');
-    } else if (s[i] == '%' && i + 2 < s.size() &&
-               std::isxdigit(static_cast<unsigned char>(s[i + 1])) &&
-               std::isxdigit(static_cast<unsigned char>(s[i + 2]))) {
-      out.push_back(static_cast<char>(std::stoi(std::string(s.substr(i + 1, 2)), nullptr, 16)));
-      i += 2;
-    } else {
-      out.push_back(s[i]);
-    }
-  }
-  return out;
-}
-
-std::map<std::string, std::string> query_params(std::string_view target) {
-  std::map<std::string, std::string> out;
-  const auto q = target.find('?');
-  if (q == std::string_view::npos) return out;
-  auto rest = target.substr(q + 1);
-  while (!rest.empty()) {
-    auto amp = rest.find('&');
-    auto part = rest.substr(0, amp);
-    auto eq = part.find('=');
-    out[url_decode(part.substr(0, eq))] =
-        eq == std::string_view::npos ? "" : url_decode(part.substr(eq + 1));
-    if (amp == std::string_view::npos) break;
-    rest = rest.substr(amp + 1);
-  }
-  return out;
-}
-
 std::shared_ptr<const sandbox_directory> load_sandboxes(store::state_db& db) {
   auto dir = std::make_shared<sandbox_directory>();
   for (const auto& s : db.sandboxes()) {
     if (auto h = db.token_hash(s.name)) dir->token_hashes.emplace(s.name, *h);
+    for (const auto& net : s.sources)
+      dir->sources.emplace_back(net, s.name);
   }
   return dir;
 }
 
-std::int64_t peak_rss_kib() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  return ru.ru_maxrss;
+// Raises the soft RLIMIT_NOFILE to the hard limit: the default soft limit (often 1024) would cap
+// the proxy at a few hundred connections. Returns the soft limit in force.
+std::uint64_t raise_open_file_limit() {
+  rlimit r{};
+  if (getrlimit(RLIMIT_NOFILE, &r) != 0) return 1024;
+  const rlim_t want = r.rlim_max == RLIM_INFINITY ? open_files_when_unlimited : r.rlim_max;
+  if (r.rlim_cur != RLIM_INFINITY && r.rlim_cur < want) {
+    rlimit raised{want, r.rlim_max};
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) {
+      r.rlim_cur = want;
+    } else {
+      spdlog::warn("cannot raise the open-file limit from {} to {}: {}", r.rlim_cur, want,
+                   std::strerror(errno));
+    }
+  }
+  return r.rlim_cur == RLIM_INFINITY ? open_files_when_unlimited : r.rlim_cur;
 }
 
 class runtime {
  public:
-  explicit runtime(const run_options& opt)
+  explicit runtime(const run_options& opt, std::uint64_t open_files)
       : opt_(opt),
+        open_files_(open_files),
         threads_(opt.threads ? opt.threads : std::max(1u, std::thread::hardware_concurrency())),
         db_(store::state_db::open(opt.state_dir / "policy.db")),
         log_(opt.state_dir / "policy.db",
@@ -122,7 +112,18 @@ class runtime {
       io_.push_back(std::make_unique<asio::io_context>(1));
     acceptor_.emplace(*io_.front());
 
-    state_.settings.store(std::make_shared<const config::settings>(opt.settings));
+    const auto ep = parse_listen(opt.settings.listen);
+    loopback_listener_ = ep.address().is_loopback();
+    auto settings = opt.settings;
+    spdlog::info("{}", prepare_settings(settings));
+    spdlog::info(
+        "anonymous access (requests with no sandbox token and no --source address): {}{}",
+        config::to_string(settings.anonymous),
+        settings.anonymous != opt.settings.anonymous
+            ? fmt::format(" (config says {}; {})", config::to_string(opt.settings.anonymous),
+                          opt.allow_anonymous ? "--allow-anonymous" : "non-loopback listen address")
+            : "");
+    store_settings(std::move(settings));
     state_.log = &log_;
     rules_version_ = db_.rules_version();
     state_.rules.store(std::make_shared<const policy::rule_set>(db_.load_rules()));
@@ -137,9 +138,7 @@ class runtime {
     intercept_.emplace(server_tls_, upstream_tls_, credentials_);
     state_.intercept = &*intercept_;
 
-    const auto ep = parse_listen(opt.settings.listen);
-    state_.require_auth = !ep.address().is_loopback() && !opt.allow_anonymous;
-    if (!ep.address().is_loopback() && opt.allow_anonymous) {
+    if (!loopback_listener_ && opt.allow_anonymous) {
       spdlog::warn("listening on non-loopback {} without sandbox tokens (--allow-anonymous)",
                    opt.settings.listen);
     }
@@ -206,27 +205,52 @@ class runtime {
         }
         continue;
       }
-      const auto cap = state_.settings.load()->lim.max_connections;
+      const auto cfg = state_.settings.load();
       if (state_.counters.active_connections.load(std::memory_order_relaxed) >=
-          static_cast<std::int64_t>(cap)) {
+          static_cast<std::int64_t>(cfg->lim.max_connections)) {
         metrics::add(state_.counters.connection_limit_rejections);
-        asio::co_spawn(socket.get_executor(), refuse_busy(std::move(socket)), asio::detached);
+        asio::co_spawn(socket.get_executor(), refuse_connection(std::move(socket), busy_reply),
+                       asio::detached);
         continue;
       }
-      spawn_session(std::move(socket), state_);
+      // Per client address, so that one client alone never reaches the global cap.
+      error_code peer_ec;
+      const auto peer = socket.remote_endpoint(peer_ec);
+      if (peer_ec) continue;  // already gone
+      auto key = peer.address().to_string();
+      if (!state_.per_client.try_acquire(key, cfg->lim.max_connections_per_client)) {
+        metrics::add(state_.counters.connection_limit_rejections);
+        metrics::add(state_.counters.client_limit_rejections);
+        if (clock::now() - last_client_limit_log_ >= client_limit_log_interval) {
+          last_client_limit_log_ = clock::now();
+          spdlog::warn(
+              "client {} has {} connections open (limits.max_connections_per_client); "
+              "refusing more with 429",
+              key, cfg->lim.max_connections_per_client);
+        }
+        asio::co_spawn(socket.get_executor(),
+                       refuse_connection(std::move(socket), client_limit_reply), asio::detached);
+        continue;
+      }
+      spawn_session(std::move(socket), state_, limiter_slot(state_.per_client, std::move(key)));
     }
   }
 
-  // Over the global cap: a 503 the client can read. Closing with its request unread would send
-  // RST and destroy the answer, so half-close and drain briefly first (bounded in time and bytes).
-  static asio::awaitable<void> refuse_busy(tcp::socket socket) {
-    static constexpr std::string_view busy =
-        "HTTP/1.1 503 Service Unavailable\r\nServer: sbx-proxy\r\nX-Proxy-Error: "
-        "connection-limit\r\nContent-Type: text/plain\r\nContent-Length: 45\r\n"
-        "Connection: close\r\n\r\nsbx-proxy: too many connections; retry later\n";
+  static constexpr std::string_view busy_reply =
+      "HTTP/1.1 503 Service Unavailable\r\nServer: sbx-proxy\r\nX-Proxy-Error: "
+      "connection-limit\r\nContent-Type: text/plain\r\nContent-Length: 45\r\n"
+      "Connection: close\r\n\r\nsbx-proxy: too many connections; retry later\n";
+  static constexpr std::string_view client_limit_reply =
+      "HTTP/1.1 429 Too Many Requests\r\nServer: sbx-proxy\r\nX-Proxy-Error: "
+      "connection-limit\r\nContent-Type: text/plain\r\nContent-Length: 63\r\n"
+      "Connection: close\r\n\r\nsbx-proxy: too many connections from this address; retry later\n";
+
+  // Over a cap: an answer the client can read. Closing with its request unread would send RST
+  // and destroy the answer, so half-close and drain briefly first (bounded in time and bytes).
+  static asio::awaitable<void> refuse_connection(tcp::socket socket, std::string_view reply) {
     beast::tcp_stream stream(std::move(socket));
     stream.expires_after(std::chrono::seconds(2));
-    auto [ec, n] = co_await asio::async_write(stream, asio::buffer(busy), use_nothrow);
+    auto [ec, n] = co_await asio::async_write(stream, asio::buffer(reply), use_nothrow);
     error_code ignored;
     stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
     std::array<char, 4096> sink{};
@@ -346,7 +370,9 @@ class runtime {
         spdlog::warn("config reload: a new listen address takes effect after a restart");
       }
       fresh.listen = state_.settings.load()->listen;
-      state_.settings.store(std::make_shared<const config::settings>(std::move(fresh)));
+      const auto line = prepare_settings(fresh);
+      if (why != "start") spdlog::info("config reloaded ({}): {}", why, line);
+      store_settings(std::move(fresh));
     } catch (const std::exception& e) {
       spdlog::error("config reload ({}) failed, keeping the current config: {}", why, e.what());
       out = json{{"ok", false}, {"error", e.what()}};
@@ -361,6 +387,17 @@ class runtime {
     return out;
   }
 
+  // What the config says, made what the proxy runs with: the anonymous mode in force, and the
+  // connection caps sized from the open-file limit. Returns the caps line for the log.
+  std::string prepare_settings(config::settings& s) const {
+    s.anonymous = effective_anonymous(s.anonymous, loopback_listener_, opt_.allow_anonymous);
+    return config::fit_connection_caps(s.lim, open_files_);
+  }
+
+  void store_settings(config::settings s) {
+    state_.settings.store(std::make_shared<const config::settings>(std::move(s)));
+  }
+
   json status_json() {
     const auto& c = state_.counters;
     return json{
@@ -368,6 +405,7 @@ class runtime {
         {"version", version_text},
         {"pid", ::getpid()},
         {"listen", state_.listen_address},
+        {"anonymous", std::string(config::to_string(state_.settings.load()->anonymous))},
         {"uptime_s",
          std::chrono::duration_cast<std::chrono::seconds>(clock::now() - state_.started).count()},
         {"threads", threads_},
@@ -396,73 +434,10 @@ class runtime {
     };
   }
 
-  std::string metrics_text() {
-    const auto& c = state_.counters;
-    std::string out;
-    auto metric = [&](std::string_view name, std::string_view type, std::string_view help,
-                      std::initializer_list<std::pair<std::string_view, double>> samples) {
-      out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
-      for (auto& [labels, v] : samples) {
-        out += labels.empty() ? fmt::format("{} {}\n", name, v)
-                              : fmt::format("{}{{{}}} {}\n", name, labels, v);
-      }
-    };
-    auto d = [](const auto& a) { return static_cast<double>(a.load(std::memory_order_relaxed)); };
-    metric("sbx_requests_total", "counter", "Requests received, CONNECT included.",
-           {{"", d(c.requests_total)}});
-    metric(
-        "sbx_decisions_total", "counter", "Policy decisions by outcome.",
-        {{"decision=\"allow\"", d(c.decisions_allow)}, {"decision=\"deny\"", d(c.decisions_deny)}});
-    metric("sbx_routes_total", "counter", "Allowed requests by route.",
-           {{"route=\"forward\"", d(c.routes_forward)},
-            {"route=\"tunnel\"", d(c.routes_tunnel)},
-            {"route=\"intercept\"", d(c.routes_intercept)}});
-    metric("sbx_connections_total", "counter", "Client connections accepted.",
-           {{"", d(c.connections_total)}});
-    metric("sbx_active_connections", "gauge", "Client connections open now.",
-           {{"", d(c.active_connections)}});
-    metric("sbx_active_tunnels", "gauge", "CONNECT tunnels open now.", {{"", d(c.active_tunnels)}});
-    metric("sbx_bytes_total", "counter", "Bytes relayed.",
-           {{"direction=\"up\"", d(c.bytes_up)}, {"direction=\"down\"", d(c.bytes_down)}});
-    metric("sbx_errors_total", "counter", "Requests refused or failed, by kind.",
-           {{"kind=\"bad_request\"", d(c.bad_requests)},
-            {"kind=\"auth\"", d(c.auth_failures)},
-            {"kind=\"upstream\"", d(c.upstream_errors)},
-            {"kind=\"connection_limit\"", d(c.connection_limit_rejections)}});
-    metric("sbx_credentials_total", "counter", "Credential injections, by outcome.",
-           {{"outcome=\"injected\"", d(c.credentials_injected)},
-            {"outcome=\"missing\"", d(c.credentials_missing)}});
-    metric("sbx_upstream_tls_total", "counter",
-           "Upstream TLS connections of intercepted CONNECTs: new handshakes, idle ones reused.",
-           {{"kind=\"handshake\"", d(c.upstream_tls_handshakes)},
-            {"kind=\"reused\"", d(c.upstream_tls_reused)}});
-    metric("sbx_log_queue_depth", "gauge", "Decision rows waiting to be written.",
-           {{"", static_cast<double>(log_.queue_depth())}});
-    metric("sbx_log_rows_written_total", "counter", "Decision rows committed to policy.db.",
-           {{"", static_cast<double>(log_.rows_written())}});
-    metric("sbx_decision_log_waits_total", "counter",
-           "Times a session found the decision-log queue full and waited for room.",
-           {{"", d(c.log_waits)}});
-    metric("sbx_log_write_errors_total", "counter", "Failed decision-log transactions (retried).",
-           {{"", static_cast<double>(log_.write_errors())}});
-    metric("sbx_uptime_seconds", "gauge", "Seconds since start.",
-           {{"", std::chrono::duration<double>(clock::now() - state_.started).count()}});
-    metric("sbx_peak_rss_bytes", "gauge", "Peak resident memory.",
-           {{"", static_cast<double>(peak_rss_kib()) * 1024}});
-    return out;
-  }
+  std::string metrics_text() { return prometheus_text(state_, log_); }
 
   json decisions_json(std::string_view target) {
-    auto q = query_params(target);
-    store::decision_filter f;
-    if (q.contains("sandbox")) f.sandbox = q["sandbox"];
-    if (q.contains("since") && !q["since"].empty()) f.since = store::parse_since(q["since"]);
-    if (q.contains("host") && !q["host"].empty()) f.host_pattern = q["host"];
-    if (q.contains("decision") && !q["decision"].empty()) f.decision = q["decision"];
-    if (q.contains("blocked")) f.decision = "deny";
-    if (q.contains("allowed")) f.decision = "allow";
-    if (q.contains("after_id")) f.after_id = std::stoll(q["after_id"]);
-    f.limit = q.contains("limit") ? std::stoll(q["limit"]) : 100;
+    const auto f = decision_filter_from_query(target);
     json rows = json::array();
     for (const auto& r : db_.query_decisions(f))
       rows.push_back(store::decision_json(r));
@@ -510,6 +485,9 @@ class runtime {
   }
 
   run_options opt_;
+  std::uint64_t open_files_;
+  bool loopback_listener_ = true;
+  clock::time_point last_client_limit_log_{};
   unsigned threads_;
   std::vector<std::unique_ptr<asio::io_context>> io_;
   std::optional<tcp::acceptor> acceptor_;
@@ -544,7 +522,7 @@ int run_proxy(const run_options& options) {
   const rlimit no_core{0, 0};
   setrlimit(RLIMIT_CORE, &no_core);
   prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-  runtime rt(options);
+  runtime rt(options, raise_open_file_limit());
   return rt.run();
 }
 

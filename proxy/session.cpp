@@ -3,10 +3,8 @@
 #include <unordered_set>
 
 #include <fmt/format.h>
-#include <openssl/evp.h>
 #include <spdlog/spdlog.h>
 
-#include "policy/store/sandbox_token.hpp"
 #include "proxy/detail/intercept.hpp"
 #include "proxy/detail/request_head.hpp"
 #include "proxy/detail/upstream.hpp"
@@ -34,32 +32,16 @@ std::string endpoint_text(const tcp::socket& s) {
                               : fmt::format("{}:{}", ep.address().to_string(), ep.port());
 }
 
-// Decodes standard base64 (RFC 4648 §4) as used by Basic authentication (RFC 7617).
-std::optional<std::string> decode_base64(std::string_view in) {
-  if (in.empty() || in.size() % 4 != 0 || in.size() > 4096) return std::nullopt;
-  std::string out(in.size() / 4 * 3, '\0');
-  const int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                                reinterpret_cast<const unsigned char*>(in.data()),
-                                static_cast<int>(in.size()));
-  if (n < 0) return std::nullopt;
-  std::size_t padding = 0;
-  if (in.ends_with("==")) {
-    padding = 2;
-  } else if (in.ends_with('=')) {
-    padding = 1;
-  }
-  out.resize(static_cast<std::size_t>(n) - padding);
-  return out;
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
 // client_session
 
-client_session::client_session(tcp::socket socket, proxy_state& st)
-    : client_(std::move(socket)), st_(st) {
+client_session::client_session(tcp::socket socket, proxy_state& st, limiter_slot client_slot)
+    : client_(std::move(socket)), st_(st), client_slot_(std::move(client_slot)) {
   client_addr_ = endpoint_text(client_.socket());
+  // A socket already gone has no owner to find: same-user then refuses it, as it should.
+  peer_ = make_peer_info(client_.socket()).value_or(peer_info{});
   live_sessions.insert(this);
   st_.counters.active_connections.fetch_add(1, std::memory_order_relaxed);
   metrics::add(st_.counters.connections_total);
@@ -89,8 +71,17 @@ void client_session::force_close() {
 asio::awaitable<void> client_session::run() {
   error_code ec;
   client_.socket().set_option(tcp::no_delay(true), ec);
+  // The first request head must be complete within first_byte_timeout of the accept: a client
+  // cannot hold slots with connections that say nothing (issue 8). Later requests on a kept-alive
+  // connection wait for the idle timeout as usual.
+  std::optional<clock::time_point> head_not_after =
+      accepted_ + st_.settings.load()->lim.first_byte_timeout;
   while (!draining_) {
-    if (!co_await serve_request(*this, pipeline_env{st_, client_addr_, idle_, draining_})) break;
+    if (!co_await serve_request(
+            *this, pipeline_env{st_, client_addr_, idle_, draining_, head_not_after})) {
+      break;
+    }
+    head_not_after.reset();
   }
   client_.socket().shutdown(tcp::socket::shutdown_send, ec);
   client_.socket().close(ec);
@@ -113,35 +104,6 @@ asio::awaitable<void> client_session::lingering_close() {
   }
   client_.socket().close(ec);
   draining_ = true;
-}
-
-client_session::auth_result client_session::authenticate(std::string_view value,
-                                                         std::string& sandbox) const {
-  static constexpr std::string_view scheme = "basic ";
-  if (value.size() <= scheme.size() || !beast::iequals(value.substr(0, scheme.size()), scheme)) {
-    return auth_result::bad;
-  }
-  auto credentials = value.substr(scheme.size());
-  while (!credentials.empty() && credentials.front() == ' ')
-    credentials.remove_prefix(1);
-  auto decoded = decode_base64(credentials);
-  if (!decoded) return auth_result::bad;
-  const auto colon = decoded->find(':');
-  if (colon == std::string::npos) return auth_result::bad;
-  const std::string name = decoded->substr(0, colon);
-  const std::string_view token = std::string_view(*decoded).substr(colon + 1);
-  auto dir = st_.sandboxes.load();
-  const std::string* hash = nullptr;
-  if (dir) {
-    if (auto it = dir->token_hashes.find(name); it != dir->token_hashes.end()) hash = &it->second;
-  }
-  // Compare against a fixed hash when the name is unknown, so timing does not reveal which
-  // sandbox names exist.
-  static const std::string unknown_hash(64, '0');
-  const bool ok = store::sandbox_token_matches(token, hash ? *hash : unknown_hash) && hash;
-  if (!ok) return auth_result::bad;
-  sandbox = name;
-  return auth_result::sandbox;
 }
 
 bool client_session::claim_identity(const std::string& sandbox) {
@@ -173,28 +135,18 @@ asio::awaitable<bool> client_session::refuse(unsigned version, const refusal& r,
 
 std::optional<refusal> client_session::identify(const http::request<http::buffer_body>& req,
                                                 row_builder& row) {
-  // Identity: a valid Proxy-Authorization names the sandbox; without one, the request belongs to
-  // no sandbox (refused when the listener requires tokens).
-  std::string sandbox;
-  auto auth_value = sv(req[http::field::proxy_authorization]);
-  auth_result auth =
-      auth_value.empty() ? auth_result::anonymous : authenticate(auth_value, sandbox);
-  if (auth == auth_result::bad || (auth == auth_result::anonymous && st_.require_auth)) {
+  // Identity (identity.hpp): the source address, else a valid token, else anonymous as the
+  // `anonymous` mode allows; anything else is a 407.
+  auto id = resolve_identity(st_, peer_, sv(req[http::field::proxy_authorization]));
+  if (!id.ok()) {
     metrics::add(st_.counters.auth_failures);
-    refusal r{.status = 407, .code = "proxy-auth-required"};
-    if (auth == auth_result::bad) {
-      r.reason = "invalid sandbox credentials";
-      r.text =
-          "sbx-proxy: unknown sandbox or wrong token in Proxy-Authorization. Use the proxy URL "
-          "printed by `sbx sandbox env NAME`.";
-    } else {
-      r.reason = "sandbox credentials required";
-      r.text =
-          "sbx-proxy: this proxy requires sandbox credentials (http://NAME:TOKEN@host:port); see "
-          "`sbx sandbox add`.";
-    }
-    return r;
+    row.row.sandbox = id.sandbox;  // a bound address is still that sandbox in the log
+    return refusal{.status = id.refusal->status,
+                   .code = std::string(id.refusal->code),
+                   .text = std::move(id.refusal->text),
+                   .reason = std::move(id.refusal->reason)};
   }
+  const std::string& sandbox = id.sandbox;
   row.row.sandbox = sandbox;
   if (!claim_identity(sandbox)) {
     metrics::add(st_.counters.connection_limit_rejections);
@@ -396,14 +348,14 @@ asio::awaitable<bool> client_session::on_connect(request_parser& p, row_builder&
 
 // ---------------------------------------------------------------------------------------------
 
-void spawn_session(tcp::socket socket, proxy_state& st) {
+void spawn_session(tcp::socket socket, proxy_state& st, limiter_slot client_slot) {
   auto ex = socket.get_executor();
   asio::co_spawn(
       ex,
-      [](tcp::socket s, proxy_state& state) -> asio::awaitable<void> {
-        client_session session(std::move(s), state);
+      [](tcp::socket s, proxy_state& state, limiter_slot slot) -> asio::awaitable<void> {
+        client_session session(std::move(s), state, std::move(slot));
         co_await session.run();
-      }(std::move(socket), st),
+      }(std::move(socket), st, std::move(client_slot)),
       [](std::exception_ptr e) {
         if (!e) return;
         try {

@@ -77,7 +77,14 @@ struct host_summary {
 struct sandbox_info {
   std::string name;
   std::string created;  // RFC 3339
+  // Addresses its traffic comes from (a container's or microVM's IP): a connection from one of
+  // them is this sandbox, token or not. Never overlapping another sandbox's sources.
+  std::vector<policy::ip_network> sources;
 };
+
+// A --source value: an IPv4/IPv6 address or CIDR ("10.0.3.7", "10.0.3.0/24", "fd00::/64",
+// "[::1]"), without a port. Throws store_error saying what is expected.
+[[nodiscard]] policy::ip_network parse_source_network(std::string_view text);
 
 class state_db {
  public:
@@ -107,12 +114,14 @@ class state_db {
   [[nodiscard]] std::int64_t rules_version();
 
   // --- sandboxes ---
-  // Throws store_error when the name exists.
-  void add_sandbox(std::string_view name, std::string_view token_hash);
+  // Throws store_error when the name exists, or when a source overlaps a source of another
+  // sandbox (two sandboxes cannot both own an address).
+  void add_sandbox(std::string_view name, std::string_view token_hash,
+                   const std::vector<policy::ip_network>& sources = {});
   bool remove_sandbox(std::string_view name);  // also removes its rules
   // Issues a new token for an existing sandbox (the old one stops working); false if missing.
   bool replace_token_hash(std::string_view name, std::string_view token_hash);
-  [[nodiscard]] std::vector<sandbox_info> sandboxes();
+  [[nodiscard]] std::vector<sandbox_info> sandboxes();  // with their sources
   [[nodiscard]] std::optional<std::string> token_hash(std::string_view name);
 
   // --- decisions ---

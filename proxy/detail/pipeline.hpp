@@ -113,6 +113,8 @@ struct pipeline_env {
   const std::string& client_addr;
   bool& idle;
   const bool& draining;
+  // The whole head must be in by then (a connection's first request: first_byte_timeout).
+  std::optional<std::chrono::steady_clock::time_point> head_not_after = std::nullopt;
 };
 
 // Serves one request on `route`. Returns true when the connection may carry another request.
@@ -139,7 +141,7 @@ asio::awaitable<bool> serve_request(Route& route, pipeline_env env) {
   const auto& lim = cfg->lim;
   std::size_t head_len = 0;
   const auto hr = co_await read_request_head(route.client(), route.client_buf(), lim, env.idle,
-                                             env.draining, head_len);
+                                             env.draining, head_len, env.head_not_after);
   if (hr == head_result::closed) co_return false;
 
   row_builder row(st, env.client_addr, route.sandbox());

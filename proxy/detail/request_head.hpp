@@ -28,17 +28,21 @@ struct head_scan {
 
 // Reads until `buf` holds a head to judge, with two deadlines: the keep-alive idle timeout until
 // the first byte, then header_timeout for the whole head (so a client trickling bytes cannot hold
-// a connection forever). `idle` is true while waiting for the first byte; a `draining` session
-// stops waiting. On ok, head_len is the size in buf of what parse_request_head is to judge: a
-// complete head (ending in an empty line), or, as soon as it is certain to be refused, the bytes
+// a connection forever). `not_after`, when set, caps both: the first
+// request of a connection must be complete by then (limits.first_byte_timeout), so connections
+// that send nothing, or too little, do not hold a slot for the idle timeout; with no byte by then
+// the connection is just closed. `idle` is true while waiting for the first byte; a `draining`
+// session stops waiting. On ok, head_len is the size in buf of what parse_request_head is to judge:
+// a complete head (ending in an empty line), or, as soon as it is certain to be refused, the bytes
 // up to the first bare CR or LF (RFC 9112 §2.2: refused, not accepted, since parsers that accept
 // a bare LF disagree with those that do not about where fields end) or up to the end of a request
 // line that is not HTTP/1.x (HTTP/0.9 has no head to wait for). Never a wait for an end that a
 // malformed head will not send.
 template <class Stream>
-asio::awaitable<head_result> read_request_head(Stream& stream, beast::flat_buffer& buf,
-                                               const config::limits& lim, bool& idle,
-                                               const bool& draining, std::size_t& head_len) {
+asio::awaitable<head_result> read_request_head(
+    Stream& stream, beast::flat_buffer& buf, const config::limits& lim, bool& idle,
+    const bool& draining, std::size_t& head_len,
+    std::optional<std::chrono::steady_clock::time_point> not_after = std::nullopt) {
   using clock = std::chrono::steady_clock;
   std::optional<clock::time_point> deadline;
   head_scan scan;
@@ -61,10 +65,11 @@ asio::awaitable<head_result> read_request_head(Stream& stream, beast::flat_buffe
     if (buf.size() == 0 && !deadline) {
       if (draining) co_return head_result::closed;
       idle = true;
-      lowest.expires_after(lim.idle_timeout);
+      const auto idle_until = clock::now() + lim.idle_timeout;
+      lowest.expires_at(not_after ? std::min(idle_until, *not_after) : idle_until);
     } else {
       if (!deadline) deadline = clock::now() + lim.header_timeout;
-      lowest.expires_at(*deadline);
+      lowest.expires_at(not_after ? std::min(*deadline, *not_after) : *deadline);
     }
     const auto room = std::min<std::size_t>(16 * 1024, lim.max_header_bytes + 4 - buf.size());
     auto [ec, n] = co_await stream.async_read_some(buf.prepare(room), use_nothrow);

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "proxy/detail/exchange.hpp"
+#include "proxy/detail/identity.hpp"
 #include "proxy/detail/net.hpp"
 #include "proxy/detail/pipeline.hpp"
 #include "proxy/detail/state.hpp"
@@ -17,7 +18,9 @@ namespace sbx::proxy::detail {
 
 class client_session {
  public:
-  client_session(tcp::socket socket, proxy_state& st);
+  // `client_slot` is the connection's place under limits.max_connections_per_client, held until
+  // the session ends.
+  client_session(tcp::socket socket, proxy_state& st, limiter_slot client_slot = {});
   ~client_session();
   client_session(const client_session&) = delete;
   client_session& operator=(const client_session&) = delete;
@@ -49,9 +52,6 @@ class client_session {
   asio::awaitable<void> on_close(bool keep_alive);
 
  private:
-  enum class auth_result { anonymous, sandbox, bad };
-
-  auth_result authenticate(std::string_view header_value, std::string& sandbox) const;
   bool claim_identity(const std::string& sandbox);
   asio::awaitable<void> lingering_close();
   asio::awaitable<bool> refuse(unsigned version, const refusal& r, row_builder& row);
@@ -69,6 +69,9 @@ class client_session {
   proxy_state& st_;
   std::shared_ptr<const config::settings> cfg_;
   std::string client_addr_;
+  peer_info peer_;  // both ends of the connection, and whether its socket is our user's
+  limiter_slot client_slot_;
+  std::chrono::steady_clock::time_point accepted_ = std::chrono::steady_clock::now();
   std::optional<std::string> identity_;  // the connection's sandbox once its first request is in
   bool holds_slot_ = false;
   std::optional<upstream_link> upstream_;
@@ -77,7 +80,7 @@ class client_session {
 };
 
 // Starts a session on the socket's executor.
-void spawn_session(tcp::socket socket, proxy_state& st);
+void spawn_session(tcp::socket socket, proxy_state& st, limiter_slot client_slot = {});
 // Applies drain() / force_close() to every session on the calling thread's io_context.
 void drain_sessions_on_this_thread();
 void force_close_sessions_on_this_thread();

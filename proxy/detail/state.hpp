@@ -9,6 +9,8 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "config/config.hpp"
 #include "policy/rule.hpp"
@@ -19,9 +21,26 @@ namespace sbx::proxy::detail {
 
 struct sandbox_directory {
   std::unordered_map<std::string, std::string> token_hashes;  // name -> hex SHA-256
+  // Source addresses bound to sandboxes (sbx sandbox add --source). policy.db refuses overlaps,
+  // so at most one matches; the longest prefix wins anyway.
+  std::vector<std::pair<policy::ip_network, std::string>> sources;
+
+  // The sandbox whose source contains `a`, or nullptr.
+  [[nodiscard]] const std::string* bound_sandbox(const policy::ip_address& a) const {
+    const std::string* found = nullptr;
+    int best = -1;
+    for (const auto& [net, name] : sources) {
+      if (net.prefix > best && net.contains(a)) {
+        found = &name;
+        best = net.prefix;
+      }
+    }
+    return found;
+  }
 };
 
-// Counts open client connections per sandbox ("" = no sandbox) against a cap.
+// Counts open client connections per key against a cap: per sandbox ("" = no sandbox), and per
+// client address (its text form).
 class connection_limiter {
  public:
   [[nodiscard]] bool try_acquire(const std::string& sandbox, std::size_t cap) {
@@ -42,6 +61,34 @@ class connection_limiter {
   std::unordered_map<std::string, std::size_t> counts_;
 };
 
+// One slot of a connection_limiter, given back when the connection ends.
+class limiter_slot {
+ public:
+  limiter_slot() = default;
+  limiter_slot(connection_limiter& owner, std::string key) : owner_(&owner), key_(std::move(key)) {}
+  limiter_slot(limiter_slot&& other) noexcept
+      : owner_(std::exchange(other.owner_, nullptr)), key_(std::move(other.key_)) {}
+  limiter_slot& operator=(limiter_slot&& other) noexcept {
+    if (this != &other) {
+      release();
+      owner_ = std::exchange(other.owner_, nullptr);
+      key_ = std::move(other.key_);
+    }
+    return *this;
+  }
+  limiter_slot(const limiter_slot&) = delete;
+  limiter_slot& operator=(const limiter_slot&) = delete;
+  ~limiter_slot() { release(); }
+
+ private:
+  void release() {
+    if (owner_ != nullptr) owner_->release(key_);
+    owner_ = nullptr;
+  }
+  connection_limiter* owner_ = nullptr;
+  std::string key_;
+};
+
 class interception;  // proxy/detail/intercept.hpp
 
 struct proxy_state {
@@ -51,7 +98,7 @@ struct proxy_state {
   store::decision_log* log = nullptr;
   metrics counters;
   connection_limiter per_sandbox;
-  bool require_auth = false;
+  connection_limiter per_client;  // by client address, taken at accept
   std::atomic<bool> draining{false};
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   std::string listen_address;

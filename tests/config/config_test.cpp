@@ -39,6 +39,12 @@ TEST_CASE("the embedded defaults load with every documented value") {
   CHECK(s.lim.max_header_bytes == 65536);
   CHECK(s.lim.max_connections == 8192);
   CHECK(s.lim.max_connections_per_sandbox == 2048);
+  CHECK(s.lim.max_connections_per_client == 2048);
+  CHECK(s.lim.first_byte_timeout == 5s);
+  CHECK_FALSE(s.lim.max_connections_set);
+  CHECK_FALSE(s.lim.max_connections_per_client_set);
+  CHECK_FALSE(s.lim.max_connections_per_sandbox_set);
+  CHECK(s.anonymous == sbx::config::anonymous_access::same_user);
   CHECK(s.log_retention_days == 30);
   CHECK(s.log_queue_capacity == 65536);
   CHECK(s.services.size() == 8);
@@ -60,18 +66,36 @@ TEST_CASE("defaults.json agrees with the defaults written in config.hpp") {
   CHECK(s.lim.max_header_bytes == header_defaults.lim.max_header_bytes);
   CHECK(s.lim.max_connections == header_defaults.lim.max_connections);
   CHECK(s.lim.max_connections_per_sandbox == header_defaults.lim.max_connections_per_sandbox);
+  CHECK(s.lim.max_connections_per_client == header_defaults.lim.max_connections_per_client);
+  CHECK(s.lim.first_byte_timeout == header_defaults.lim.first_byte_timeout);
+  CHECK(s.anonymous == header_defaults.anonymous);
   CHECK(s.log_retention_days == header_defaults.log_retention_days);
   CHECK(s.log_queue_capacity == header_defaults.log_queue_capacity);
 }
 
 TEST_CASE("defaults_json is a valid config file naming every key") {
   auto text = sbx::config::defaults_json();
-  for (auto key :
-       {"\"listen\"", "\"resolve\"", "\"upstream_ca_file\"", "\"intercept_all\"", "\"services\"",
-        "\"limits\"", "\"header_timeout_ms\"", "\"idle_timeout_ms\"", "\"connect_timeout_ms\"",
-        "\"upstream_timeout_ms\"", "\"tunnel_idle_timeout_ms\"", "\"shutdown_grace_ms\"",
-        "\"max_header_bytes\"", "\"max_connections\"", "\"max_connections_per_sandbox\"", "\"log\"",
-        "\"retention_days\"", "\"queue_capacity\""}) {
+  for (auto key : {"\"listen\"",
+                   "\"resolve\"",
+                   "\"upstream_ca_file\"",
+                   "\"intercept_all\"",
+                   "\"services\"",
+                   "\"limits\"",
+                   "\"header_timeout_ms\"",
+                   "\"idle_timeout_ms\"",
+                   "\"connect_timeout_ms\"",
+                   "\"upstream_timeout_ms\"",
+                   "\"tunnel_idle_timeout_ms\"",
+                   "\"shutdown_grace_ms\"",
+                   "\"max_header_bytes\"",
+                   "\"max_connections\"",
+                   "\"max_connections_per_sandbox\"",
+                   "\"log\"",
+                   "\"anonymous\"",
+                   "\"first_byte_timeout_ms\"",
+                   "\"max_connections_per_client\"",
+                   "\"retention_days\"",
+                   "\"queue_capacity\""}) {
     CAPTURE(key);
     CHECK(contains(text, key));
   }
@@ -88,11 +112,13 @@ TEST_CASE("every key can be overridden") {
     "upstream_ca_file": ")" +
               ca.string() + R"(",
     "intercept_all": true,
+    "anonymous": "none",
     "services": {"internal": {"hosts": ["llm.internal.example"], "header": "X-Key: {secret}"}},
     "limits": {
       "header_timeout_ms": 1001, "idle_timeout_ms": 1002, "connect_timeout_ms": 1003,
       "upstream_timeout_ms": 1004, "tunnel_idle_timeout_ms": 1005, "shutdown_grace_ms": 0,
-      "max_header_bytes": 1024, "max_connections": 7, "max_connections_per_sandbox": 3
+      "max_header_bytes": 1024, "max_connections": 7, "max_connections_per_sandbox": 3,
+      "max_connections_per_client": 2, "first_byte_timeout_ms": 1006
     },
     "log": {"retention_days": 7, "queue_capacity": 1024}
   })";
@@ -110,6 +136,12 @@ TEST_CASE("every key can be overridden") {
   CHECK(s.lim.max_header_bytes == 1024);
   CHECK(s.lim.max_connections == 7);
   CHECK(s.lim.max_connections_per_sandbox == 3);
+  CHECK(s.lim.max_connections_per_client == 2);
+  CHECK(s.lim.first_byte_timeout == 1006ms);
+  CHECK(s.lim.max_connections_set);
+  CHECK(s.lim.max_connections_per_client_set);
+  CHECK(s.lim.max_connections_per_sandbox_set);
+  CHECK(s.anonymous == sbx::config::anonymous_access::none);
   CHECK(s.log_retention_days == 7);
   CHECK(s.log_queue_capacity == 1024);
 
@@ -141,7 +173,9 @@ TEST_CASE("unknown keys are errors that name the key and list the known ones") {
   CHECK(top.starts_with("test.json: "));
   CHECK(contains(top, "unknown key \"limts\""));
   CHECK(contains(
-      top, "(known: listen, resolve, upstream_ca_file, intercept_all, services, limits, log)"));
+      top,
+      "(known: listen, resolve, upstream_ca_file, intercept_all, anonymous, services, limits, "
+      "log)"));
 
   auto in_limits = load_error(R"({"limits": {"header_timeout": 5}})");
   CHECK(contains(in_limits, "unknown key \"limits.header_timeout\""));
@@ -318,4 +352,62 @@ TEST_CASE("a relative upstream_ca_file is found beside the config file") {
   write_file(dir.path() / "config.json", R"({"upstream_ca_file": "ca.pem"})");
   auto s = load(dir.path() / "config.json");
   CHECK(s.upstream_ca_file == (dir.path() / "ca.pem").string());
+}
+
+TEST_CASE("anonymous takes same-user, none or any") {
+  using sbx::config::anonymous_access;
+  CHECK(load_from_string(R"({"anonymous": "any"})", "t").anonymous == anonymous_access::any);
+  CHECK(load_from_string(R"({"anonymous": "none"})", "t").anonymous == anonymous_access::none);
+  CHECK(load_from_string(R"({"anonymous": "same-user"})", "t").anonymous ==
+        anonymous_access::same_user);
+  CHECK(sbx::config::to_string(anonymous_access::same_user) == "same-user");
+  auto why = load_error(R"({"anonymous": "everyone"})");
+  CHECK(contains(why, "anonymous: \"everyone\" is not one of \"same-user\""));
+  CHECK(contains(load_error(R"({"anonymous": true})"), "anonymous must be a string"));
+}
+
+TEST_CASE("a per-client cap set at or above the total is refused") {
+  auto why = load_error(R"({"limits": {"max_connections": 10, "max_connections_per_client": 10}})");
+  CHECK(contains(why,
+                 "limits.max_connections_per_client (10) must be below "
+                 "limits.max_connections (10)"));
+  CHECK(load_error(R"({"limits": {"max_connections": 10, "max_connections_per_client": 9}})")
+            .empty());
+}
+
+TEST_CASE("connection caps left to the defaults are sized from the open-file limit") {
+  using sbx::config::fit_connection_caps;
+  SUBCASE("plenty of descriptors: the defaults stand") {
+    auto lim = load_from_string("{}", "t").lim;
+    auto line = fit_connection_caps(lim, 1'048'576);
+    CHECK(lim.max_connections == 8192);
+    CHECK(lim.max_connections_per_client == 2048);
+    CHECK(lim.max_connections_per_sandbox == 2048);
+    CHECK(contains(line, "8192 in total, 2048 per client address, 2048 per sandbox"));
+  }
+  SUBCASE("1024 descriptors: two per connection after a reserve, a quarter per client") {
+    auto lim = load_from_string("{}", "t").lim;
+    auto line = fit_connection_caps(lim, 1024);
+    CHECK(lim.max_connections == 448);
+    CHECK(lim.max_connections_per_client == 112);
+    CHECK(lim.max_connections_per_sandbox == 112);
+    CHECK(contains(line, "lowered from 8192"));
+  }
+  SUBCASE("caps the config set are kept; a derived per-client cap stays below the total") {
+    auto lim = load_from_string(R"({"limits": {"max_connections": 20}})", "t").lim;
+    fit_connection_caps(lim, 1024);
+    CHECK(lim.max_connections == 20);
+    CHECK(lim.max_connections_per_client == 5);
+    lim = load_from_string(R"({"limits": {"max_connections_per_client": 5000}})", "t").lim;
+    auto line = fit_connection_caps(lim, 1024);
+    CHECK(lim.max_connections == 448);
+    CHECK(lim.max_connections_per_client == 447);
+    CHECK(contains(line, "max_connections_per_client lowered from 5000"));
+  }
+  SUBCASE("a total of one connection") {
+    auto lim = load_from_string(R"({"limits": {"max_connections": 1}})", "t").lim;
+    fit_connection_caps(lim, 1024);
+    CHECK(lim.max_connections == 1);
+    CHECK(lim.max_connections_per_client == 1);
+  }
 }

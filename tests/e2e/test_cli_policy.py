@@ -299,12 +299,13 @@ def test_sandbox_add_prints_the_token_once_and_stores_only_its_hash(run_sbx, sbx
     second = TOKEN_RE.search(ok(run_sbx("sandbox", "add", "ci")).out).group(1)
     assert second != token
 
-    rows = parse_table(ok(run_sbx("sandbox", "ls")).out, ["NAME", "CREATED"])
+    rows = parse_table(ok(run_sbx("sandbox", "ls")).out, ["NAME", "CREATED", "SOURCES"])
     assert sorted(r["NAME"] for r in rows) == ["ci", "dev"]
     assert all(RFC3339_RE.match(r["CREATED"]) for r in rows), rows
+    assert all(r["SOURCES"] == "-" for r in rows), rows
     listing = json.loads(ok(run_sbx("sandbox", "ls", "--json")).out)
     assert sorted(s["name"] for s in listing) == ["ci", "dev"]
-    assert all(set(s) == {"name", "created"} for s in listing)
+    assert all(set(s) == {"name", "created", "sources"} and s["sources"] == [] for s in listing)
     assert token not in ok(run_sbx("sandbox", "ls")).out
 
 

@@ -94,8 +94,8 @@ TEST_CASE("open creates the schema, in WAL mode, readable only by the owner") {
 
   raw_db raw(dir.db());
   CHECK(raw.text("PRAGMA journal_mode") == "wal");
-  CHECK(raw.integer("PRAGMA user_version") == 1);
-  CHECK(raw.text("SELECT value FROM meta WHERE key = 'schema_version'") == "1");
+  CHECK(raw.integer("PRAGMA user_version") == 2);
+  CHECK(raw.text("SELECT value FROM meta WHERE key = 'schema_version'") == "2");
   CHECK(raw.integer("SELECT value FROM meta WHERE key = 'rules_version'") == 0);
   CHECK(raw.text("SELECT group_concat(name, ' ') FROM (SELECT name FROM pragma_table_info("
                  "'decisions') ORDER BY cid)") ==
@@ -106,6 +106,8 @@ TEST_CASE("open creates the schema, in WAL mode, readable only by the owner") {
         "id sandbox decision resource methods path source created");
   CHECK(raw.text("SELECT group_concat(name, ' ') FROM (SELECT name FROM pragma_table_info("
                  "'sandboxes') ORDER BY cid)") == "name token_hash created");
+  CHECK(raw.text("SELECT group_concat(name, ' ') FROM (SELECT name FROM pragma_table_info("
+                 "'sandbox_sources') ORDER BY cid)") == "sandbox network");
   CHECK(raw.text("SELECT group_concat(name, ' ') FROM (SELECT name FROM pragma_index_list("
                  "'decisions') ORDER BY name)") == "decisions_ts");
   CHECK(raw.integer("SELECT count(*) FROM pragma_index_info('decisions_ts') WHERE name = 'ts'") ==
@@ -145,7 +147,7 @@ TEST_CASE("reopening drops the unused host index of older files and keeps their 
   auto db = state_db::open(dir.db());
   raw_db raw(dir.db());
   CHECK(raw.integer("SELECT count(*) FROM sqlite_master WHERE name = 'decisions_host'") == 0);
-  CHECK(raw.integer("PRAGMA user_version") == 1);
+  CHECK(raw.integer("PRAGMA user_version") == 2);
   CHECK(db.query_decisions({}).size() == 1);
 }
 
