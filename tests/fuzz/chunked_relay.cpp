@@ -140,6 +140,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const auto client_side = parse_plainly(in);
   require(client_side.complete, "a relayed request is a complete request to a plain parser");
   const auto upstream_side = parse_plainly(upstream.output);
+  if (!upstream_side.complete || upstream_side.used != upstream.output.size()) {
+    std::fprintf(stderr, "sent upstream (%zu bytes):\n%s\n", upstream.output.size(),
+                 upstream.output.c_str());
+  }
   require(upstream_side.complete, "the upstream receives a complete request");
   require(upstream_side.used == upstream.output.size(),
           "the upstream receives one request and nothing behind it");
