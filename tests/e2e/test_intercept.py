@@ -8,6 +8,7 @@ live secret changes, refusal of unverifiable upstreams, streaming (SSE, WebSocke
 with bounded memory) and the leaf cache."""
 
 import json
+import os
 import socket
 import threading
 import time
@@ -448,6 +449,12 @@ def _upload_blocks(total, block=64 * 1024):
         total -= n
 
 
+# Under AddressSanitizer (scripts/test-sanitizers) freed memory waits in ASan's quarantine and
+# every allocation grows, so a memory bound measures ASan, not the relay: only correctness is
+# checked there.
+SANITIZED = os.environ.get("SBX_SANITIZED") == "1"
+
+
 def test_50_mib_each_way_streams_with_bounded_memory(start_intercepting, secrets, new_key,
                                                      service_upstream, sbx_ca, db):
     secrets.set("openai", new_key("openai"))
@@ -484,9 +491,10 @@ def test_50_mib_each_way_streams_with_bounded_memory(start_intercepting, secrets
     after = vm_hwm_kib(proxy.pid)
     assert (received, pattern_ok) == (BIG_BODY, True)
     growth = after - before
-    assert growth < HWM_GROWTH_LIMIT_KIB, (
-        f"proxy VmHWM grew by {growth} KiB ({before} -> {after}) relaying 2 x 50 MiB")
-    assert elapsed < 60
+    if not SANITIZED:
+        assert growth < HWM_GROWTH_LIMIT_KIB, (
+            f"proxy VmHWM grew by {growth} KiB ({before} -> {after}) relaying 2 x 50 MiB")
+        assert elapsed < 60
     upload, download = service_upstream.requests[1:]
     assert (upload.body_len, upload.header("Content-Length")) == (BIG_BODY, str(BIG_BODY))
     assert upload.header("Authorization").startswith("Bearer sk-e2e-openai-")
