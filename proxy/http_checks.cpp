@@ -7,6 +7,8 @@
 
 #include <fmt/format.h>
 
+#include "policy/rule.hpp"
+
 namespace sbx::proxy {
 namespace {
 
@@ -159,9 +161,10 @@ std::optional<authority> parse_authority(std::string_view text,
       port_text = rest.substr(1);
       if (port_text.empty()) return std::nullopt;
     }
-    if (host.empty() || host.find_first_not_of("0123456789abcdefABCDEF:.") != host.npos) {
-      return std::nullopt;
-    }
+    // Brackets hold an IPv6 address and nothing else (RFC 3986 §3.2.2): "[f:::1]" or
+    // "[127.0.0.1]" would otherwise reach policy as a name no rule meant.
+    const auto address = policy::ip_address::parse(host);
+    if (!address || !address->v6) return std::nullopt;
     a.ipv6 = true;
   } else {
     const auto colon = text.rfind(':');
@@ -187,8 +190,15 @@ std::optional<authority> parse_authority(std::string_view text,
   a.host.reserve(host.size());
   for (char c : host)
     a.host.push_back(lower(c));
-  if (!a.ipv6 && a.host.ends_with('.')) a.host.pop_back();
-  if (a.host.empty()) return std::nullopt;
+  if (!a.ipv6) {
+    // One trailing dot names the same host (the root label); an empty label anywhere else
+    // ("a..", ".a", "a..b") names none, and must not become a name that matches a rule.
+    if (a.host.ends_with('.')) a.host.pop_back();
+    if (a.host.empty() || a.host.front() == '.' || a.host.ends_with('.') ||
+        a.host.find("..") != std::string::npos) {
+      return std::nullopt;
+    }
+  }
   return a;
 }
 

@@ -287,20 +287,24 @@ def test_a_trickled_malformed_head_is_refused_without_waiting(both_routes, plain
 
 
 # --- blocked address ranges are named as such for IP literals too ---
+# With no rule allowing the literal, policy refuses it first (blocked-by-policy, whose hint -- an
+# exact allow for the address -- is what unlocks a blocked range); once a rule allows it by name,
+# the range is what refuses it.
 
-@pytest.mark.parametrize("rules", ["deny-all", "allow-everything"])
+@pytest.mark.parametrize("rules,code", [("deny-all", "blocked-by-policy"),
+                                        ("allow-everything", "blocked-address")])
 def test_loopback_ip_literal_is_a_blocked_address(start_intercepting, run_sbx, plain_upstream,
-                                                  service_upstream, db, rules):
+                                                  service_upstream, db, rules, code):
     if rules == "allow-everything":
         add_rule(run_sbx, "allow", "**")
     proxy = start_intercepting()
     port = plain_upstream.port
     forward = proxy.raw(f"GET http://127.0.0.1:{port}/x?tok={QUERY_SECRET.decode()} HTTP/1.1\r\n"
                         f"Host: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
-    assert (forward.status, forward.get("X-Proxy-Error")) == (403, "blocked-address"), forward.raw
+    assert (forward.status, forward.get("X-Proxy-Error")) == (403, code), forward.raw
     connect = proxy.raw(f"CONNECT 127.0.0.1:{service_upstream.port} HTTP/1.1\r\n"
                         f"Host: 127.0.0.1:{service_upstream.port}\r\n\r\n".encode())
-    assert (connect.status, connect.get("X-Proxy-Error")) == (403, "blocked-address"), connect.raw
+    assert (connect.status, connect.get("X-Proxy-Error")) == (403, code), connect.raw
     assert plain_upstream.requests == [] and service_upstream.requests == []
     rows = db.wait_rows("SELECT * FROM decisions WHERE host = '127.0.0.1' ORDER BY id", count=2)
     assert [r["decision"] for r in rows] == ["deny", "deny"]

@@ -62,6 +62,16 @@ TEST_CASE("parse_authority") {
   CHECK_FALSE(parse_authority("[::1"));
   CHECK_FALSE(parse_authority("[zz::1]:443"));
   CHECK_FALSE(parse_authority(":443"));
+  // Found by the fuzzer: empty labels, and brackets around what is not an IPv6 address.
+  CHECK(parse_authority("example.com.:443")->host == "example.com");
+  CHECK_FALSE(parse_authority("a..:1"));
+  CHECK_FALSE(parse_authority(".a:1"));
+  CHECK_FALSE(parse_authority("a..b:1"));
+  CHECK_FALSE(parse_authority(".:1"));
+  CHECK_FALSE(parse_authority("[f:::ffff:127.0.0.1]:8080"));
+  CHECK_FALSE(parse_authority("[127.0.0.1]:80"));
+  CHECK_FALSE(parse_authority("[:]:80"));
+  CHECK(parse_authority("[::ffff:127.0.0.1]:80")->ipv6);
 }
 
 TEST_CASE("parse_absolute_target") {
