@@ -188,10 +188,14 @@ struct exchange_run {
 
 asio::awaitable<exchange_run> run_exchange(std::string request, std::string later = {},
                                            std::string reply = {}) {
-  auto [client_peer, client_side] = co_await socket_pair();
-  auto [upstream_side, origin] = co_await socket_pair();
-  beast::tcp_stream client(std::move(client_side));
-  beast::tcp_stream upstream(std::move(upstream_side));
+  // Named sockets, not structured bindings: the lambdas below capture them, which clang 14 (the
+  // sanitizer build) does not allow for bindings.
+  auto client_pair = co_await socket_pair();
+  auto upstream_pair = co_await socket_pair();
+  tcp::socket client_peer = std::move(client_pair.first);
+  tcp::socket origin = std::move(upstream_pair.second);
+  beast::tcp_stream client(std::move(client_pair.second));
+  beast::tcp_stream upstream(std::move(upstream_pair.first));
   beast::flat_buffer client_buf;
   beast::flat_buffer upstream_buf;
   auto chunk = std::make_unique<char[]>(body_chunk_size);
