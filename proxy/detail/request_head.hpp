@@ -3,8 +3,10 @@
 #pragma once
 
 #include <chrono>
+#include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 
 #include "config/config.hpp"
 #include "proxy/detail/exchange.hpp"
@@ -13,6 +15,37 @@
 namespace sbx::proxy::detail {
 
 enum class head_result { ok, closed, too_large, timeout };
+
+// One read that gives up at `until` but, unlike the stream's own expiry (which closes the socket),
+// leaves the connection open, so that a head cut off by its deadline can still be answered (408).
+// `timed_out` says the deadline ended it. The watch is shared with the timer's handler, which may
+// run after this returns (one thread per io_context: it then sees `armed` false and does nothing).
+template <class Stream, class Buffers>
+asio::awaitable<std::size_t> read_some_until(Stream& stream, const Buffers& buffers,
+                                             std::chrono::steady_clock::time_point until,
+                                             error_code& ec, bool& timed_out) {
+  struct watch {
+    bool armed = true;
+    bool fired = false;
+  };
+  auto& lowest = beast::get_lowest_layer(stream);
+  // A backstop in case the cancel never reaches the read (it closes, as before).
+  lowest.expires_at(until + std::chrono::seconds(5));
+  auto w = std::make_shared<watch>();
+  asio::steady_timer timer(lowest.get_executor(), until);
+  timer.async_wait([w, &lowest](error_code wait_ec) {
+    if (wait_ec || !w->armed) return;
+    w->fired = true;
+    error_code ignored;
+    lowest.socket().cancel(ignored);
+  });
+  auto [read_ec, n] = co_await stream.async_read_some(buffers, use_nothrow);
+  w->armed = false;
+  timer.cancel();
+  ec = read_ec;
+  timed_out = read_ec && (w->fired || read_ec == beast::error::timeout);
+  co_return n;
+}
 
 // Where a head being read stands: the scan for line ends (resumable as bytes arrive) stops at
 // the end of the head, or at the first byte that means the head is malformed and need not be
@@ -61,23 +94,31 @@ asio::awaitable<head_result> read_request_head(
     }
     if (buf.size() > lim.max_header_bytes) co_return head_result::too_large;
 
-    auto& lowest = beast::get_lowest_layer(stream);
+    const auto room = std::min<std::size_t>(16 * 1024, lim.max_header_bytes + 4 - buf.size());
+    error_code ec;
+    std::size_t n = 0;
+    bool timed_out = false;
     if (buf.size() == 0 && !deadline) {
+      // Waiting for a request: when the wait ends with nothing, the connection just closes.
       if (draining) co_return head_result::closed;
       idle = true;
       const auto idle_until = clock::now() + lim.idle_timeout;
-      lowest.expires_at(not_after ? std::min(idle_until, *not_after) : idle_until);
+      beast::get_lowest_layer(stream).expires_at(not_after ? std::min(idle_until, *not_after)
+                                                           : idle_until);
+      std::tie(ec, n) = co_await stream.async_read_some(buf.prepare(room), use_nothrow);
+      timed_out = ec == beast::error::timeout;
     } else {
+      // Part of a head is in: its deadline is answered with 408, so the socket stays open.
       if (!deadline) deadline = clock::now() + lim.header_timeout;
-      lowest.expires_at(not_after ? std::min(*deadline, *not_after) : *deadline);
+      n = co_await read_some_until(stream, buf.prepare(room),
+                                   not_after ? std::min(*deadline, *not_after) : *deadline, ec,
+                                   timed_out);
     }
-    const auto room = std::min<std::size_t>(16 * 1024, lim.max_header_bytes + 4 - buf.size());
-    auto [ec, n] = co_await stream.async_read_some(buf.prepare(room), use_nothrow);
     idle = false;
     buf.commit(n);
     if (ec) {
       if (buf.size() == 0) co_return head_result::closed;  // EOF, idle timeout, or drain
-      co_return ec == beast::error::timeout ? head_result::timeout : head_result::closed;
+      co_return timed_out ? head_result::timeout : head_result::closed;
     }
     if (n > 0 && !deadline) deadline = clock::now() + lim.header_timeout;
   }

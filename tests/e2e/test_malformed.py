@@ -320,3 +320,35 @@ def test_connect_refusal_reason_carries_no_query_string(both_routes, db):
     assert QUERY_SECRET not in response.raw
     [row] = db.wait_rows("SELECT * FROM decisions WHERE status = 400")
     assert not any(QUERY_SECRET.decode() in str(v) for v in row.values()), row
+
+
+# --- a head cut off by its deadline is answered, not just dropped ---
+
+@pytest.mark.parametrize("route", list(ROUTES))
+def test_a_head_cut_off_by_header_timeout_gets_408(start_intercepting, run_sbx, plain_upstream,
+                                                   service_upstream, db, sbx_ca, route):
+    add_rule(run_sbx, "deny", "allowed.test", "--path", "/admin/**")
+    proxy = start_intercepting({"limits": {"header_timeout_ms": 600}})
+    partial = fill(b"GET {T} HTTP/1.1\r\nHost: allowed.test\r\nX-Half: ", route)  # and no more
+    if route == "forward":
+        sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=ANSWER_WITHIN_S)
+    else:
+        # A kept-alive intercepted connection after one good request: the deadline applies to
+        # every head, not only a connection's first.
+        sock = open_tunnel(proxy.port, "allowed.test", sbx_ca, timeout=ANSWER_WITHIN_S)
+        assert request_over(sock, "GET", "allowed.test", "/first").status == 200
+    with sock:
+        started = time.monotonic()
+        sock.sendall(partial)
+        read = read_response if route == "forward" else read_tls_response
+        response = read(sock, timeout=ANSWER_WITHIN_S)
+        elapsed = time.monotonic() - started
+        assert (response.status, response.get("X-Proxy-Error")) == (408, "bad-request"), \
+            response.raw[:300]
+        assert 0.5 <= elapsed < 2.5, elapsed
+        assert response.closed or peer_closed(sock)
+    [row] = decision_rows(db, 408)
+    assert (row["decision"], row["route"]) == ("deny", route)
+    assert QUERY_SECRET.decode() not in (row["reason"] or "")
+    upstream = plain_upstream if route == "forward" else service_upstream
+    assert "/echo" not in [r.path for r in upstream.requests]
