@@ -1,4 +1,5 @@
 #include "proxy/detail/identity.hpp"
+#include "proxy/detail/upstream.hpp"
 
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
@@ -71,19 +72,6 @@ std::string loggable_name(std::string_view name) {
   return std::string(name);
 }
 
-policy::ip_address to_ip(const asio::ip::address& a) {
-  policy::ip_address out;
-  if (a.is_v4()) {
-    const auto b = a.to_v4().to_bytes();
-    std::copy(b.begin(), b.end(), out.bytes.begin());
-  } else {
-    out.v6 = true;
-    const auto b = a.to_v6().to_bytes();
-    std::copy(b.begin(), b.end(), out.bytes.begin());
-  }
-  return out;
-}
-
 bool is_v4_mapped(const policy::ip_address& a) {
   if (!a.v6) return false;
   for (int i = 0; i < 10; ++i)
@@ -137,6 +125,14 @@ bool is_loopback(const policy::ip_address& a) {
   return u.bytes[15] == 1;
 }
 
+std::string client_group(const policy::ip_address& a) {
+  const auto u = unmapped(a);
+  if (!u.v6 || is_loopback(u)) return u.to_string();
+  policy::ip_network net{.base = u, .prefix = 64};
+  std::fill(net.base.bytes.begin() + 8, net.base.bytes.end(), std::uint8_t{0});
+  return net.to_string();
+}
+
 std::optional<peer_info> make_peer_info(const tcp::socket& socket) {
   error_code ec;
   const auto remote = socket.remote_endpoint(ec);
@@ -144,9 +140,9 @@ std::optional<peer_info> make_peer_info(const tcp::socket& socket) {
   const auto local = socket.local_endpoint(ec);
   if (ec) return std::nullopt;
   peer_info p;
-  p.address = to_ip(remote.address());
+  p.address = to_policy_address(remote.address());
   p.port = remote.port();
-  p.local_address = to_ip(local.address());
+  p.local_address = to_policy_address(local.address());
   p.local_port = local.port();
   return p;
 }

@@ -26,6 +26,7 @@
 #include "proxy/detail/identity.hpp"
 #include "proxy/detail/intercept.hpp"
 #include "proxy/detail/session.hpp"
+#include "proxy/detail/upstream.hpp"
 #include "proxy/http_checks.hpp"
 
 namespace sbx::proxy {
@@ -213,11 +214,11 @@ class runtime {
                        asio::detached);
         continue;
       }
-      // Per client address, so that one client alone never reaches the global cap.
+      // Per client (address, or IPv6 /64), so that one client alone never reaches the global cap.
       error_code peer_ec;
       const auto peer = socket.remote_endpoint(peer_ec);
       if (peer_ec) continue;  // already gone
-      auto key = peer.address().to_string();
+      auto key = detail::client_group(detail::to_policy_address(peer.address()));
       if (!state_.per_client.try_acquire(key, cfg->lim.max_connections_per_client)) {
         metrics::add(state_.counters.connection_limit_rejections);
         metrics::add(state_.counters.client_limit_rejections);

@@ -47,6 +47,12 @@ struct peer_info {
 // True for 127.0.0.0/8, ::1 and ::ffff:127.0.0.0/104.
 [[nodiscard]] bool is_loopback(const policy::ip_address& a);
 
+// The client a connection counts against under limits.max_connections_per_client: its IPv4
+// address (also when it arrives IPv4-mapped), or the /64 of an IPv6 address ("2001:db8:1:2::/64"),
+// since one host is routinely given a whole /64 and could otherwise open each connection from
+// another address; ::1 is itself.
+[[nodiscard]] std::string client_group(const policy::ip_address& a);
+
 // The uid that owns the TCP socket whose local end is `local` and whose remote end is `remote`
 // (for the proxy's peer: local = the client's address:port, remote = the listener's), asked of
 // the kernel with one NETLINK_SOCK_DIAG exact lookup (struct inet_diag_req_v2 carrying the

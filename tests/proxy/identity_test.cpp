@@ -337,3 +337,13 @@ TEST_CASE("same-user: the owner is looked up once per connection, on a real sock
   client.fd = -1;
   CHECK(resolve_identity(fx.st, p, "").ok());
 }
+
+TEST_CASE("connections count per IPv4 address and per IPv6 /64") {
+  const auto group = [](const char* text) { return client_group(*ip_address::parse(text)); };
+  CHECK(group("192.0.2.7") == "192.0.2.7");
+  CHECK(group("::ffff:192.0.2.7") == "192.0.2.7");  // the same client over a dual-stack listener
+  CHECK(group("::1") == "::1");
+  CHECK(group("2001:db8:1:2::a") == "2001:db8:1:2::/64");
+  CHECK(group("2001:db8:1:2:ffff:ffff:ffff:ffff") == "2001:db8:1:2::/64");
+  CHECK(group("2001:db8:1:3::a") != group("2001:db8:1:2::a"));
+}
