@@ -367,7 +367,14 @@ asio::awaitable<void> interception::run(intercept_request& r) {
   route.upstream_reusable = route.upstream_alive;
   route.failure = std::move(upstream_failure);
   route.failure_code = std::move(upstream_failure_code);
-  while (co_await serve_request(route, pipeline_env{st, r.client_addr, r.idle, r.draining})) {
+  // Like a new connection, a new TLS session must bring its first request head within
+  // first_byte_timeout, so that handshaken but silent connections cannot hold slots for the idle
+  // timeout; later requests wait as kept-alive ones do.
+  std::optional<std::chrono::steady_clock::time_point> head_not_after =
+      std::chrono::steady_clock::now() + st.settings.load()->lim.first_byte_timeout;
+  while (co_await serve_request(
+      route, pipeline_env{st, r.client_addr, r.idle, r.draining, head_not_after})) {
+    head_not_after.reset();
   }
 
   // The upstream connection outlives this CONNECT when it is idle and clean: the next intercepted

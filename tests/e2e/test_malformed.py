@@ -352,3 +352,24 @@ def test_a_head_cut_off_by_header_timeout_gets_408(start_intercepting, run_sbx, 
     assert QUERY_SECRET.decode() not in (row["reason"] or "")
     upstream = plain_upstream if route == "forward" else service_upstream
     assert "/echo" not in [r.path for r in upstream.requests]
+
+
+def test_a_silent_intercepted_session_is_closed_after_first_byte_timeout(start_intercepting,
+                                                                         run_sbx, sbx_ca,
+                                                                         service_upstream):
+    add_rule(run_sbx, "deny", "allowed.test", "--path", "/admin/**")
+    proxy = start_intercepting({"limits": {"first_byte_timeout_ms": 500}})
+    with open_tunnel(proxy.port, "allowed.test", sbx_ca, timeout=5) as tls:
+        started = time.monotonic()  # CONNECT answered, TLS up; now nothing is sent
+        tls.settimeout(5)
+        try:
+            data = tls.recv(1)
+        except (ssl.SSLError, ConnectionResetError, OSError):
+            data = b""
+        assert data == b"" and time.monotonic() - started < 2.5, \
+            "a silent intercepted session held its slot past first_byte_timeout"
+    # Kept-alive sessions may be quiet longer between requests.
+    with open_tunnel(proxy.port, "allowed.test", sbx_ca, timeout=5) as tls:
+        assert request_over(tls, "GET", "allowed.test", "/one").status == 200
+        time.sleep(0.8)
+        assert request_over(tls, "GET", "allowed.test", "/two").status == 200
