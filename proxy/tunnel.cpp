@@ -262,25 +262,4 @@ first_flight_check sni_policy_check(std::shared_ptr<const policy::rule_set> rule
   };
 }
 
-asio::awaitable<relay_totals> run_tunnel(tcp::socket& client, tcp::socket& upstream,
-                                         std::string_view initial_up,
-                                         std::chrono::milliseconds idle_timeout) {
-  relay_totals totals;
-  if (!initial_up.empty()) {
-    auto [ec, n] = co_await asio::async_write(upstream, asio::buffer(initial_up), use_nothrow);
-    totals.up += n;
-    if (ec) co_return totals;
-  }
-  auto last = relay_detail::clock::now();
-  co_await ((relay_detail::pump_socket(client, upstream, totals.up, last, client, upstream) &&
-             relay_detail::pump_socket(upstream, client, totals.down, last, client, upstream)) ||
-            relay_detail::watchdog(last, idle_timeout, totals.idle_timeout));
-  if (totals.idle_timeout) {
-    error_code ignored;
-    client.close(ignored);
-    upstream.close(ignored);
-  }
-  co_return totals;
-}
-
 }  // namespace sbx::proxy::detail

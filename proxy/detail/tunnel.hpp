@@ -62,17 +62,13 @@ using first_flight_check =
 
 // Relays until both directions reached end-of-stream (each EOF is passed on as a half-close), an
 // error ends both, or no byte moved either way for `idle_timeout`. `initial_up` holds bytes the
-// client sent right behind its CONNECT request; they go upstream first.
-asio::awaitable<relay_totals> run_tunnel(tcp::socket& client, tcp::socket& upstream,
-                                         std::string_view initial_up,
-                                         std::chrono::milliseconds idle_timeout);
-
-// The same, but the client's first flight (`initial_up` and what follows) is held back until it is
-// known not to be TLS, or its ClientHello is complete and `check` accepts it. A ClientHello must
-// be complete within `first_flight_timeout` of its first byte and within client_hello_max_bytes;
-// a TLS record that is not a readable ClientHello is refused (fail closed). Upstream bytes flow to
-// the client from the start (server-speaks-first protocols: SSH, SMTP). After the first flight
-// the relay is exactly run_tunnel's. `check` must outlive the call.
+// client sent right behind its CONNECT request; they go upstream first. The client's first flight
+// (`initial_up` and what follows) is held back until it is known not to be TLS, or its ClientHello
+// is complete and `check` accepts it. A ClientHello must be complete within `first_flight_timeout`
+// of its first byte and within client_hello_max_bytes; a TLS record that is not a readable
+// ClientHello is refused (fail closed). Upstream bytes flow to the client from the start
+// (server-speaks-first protocols: SSH, SMTP). After the first flight the relay is exactly
+// run_tunnel's. `check` must outlive the call.
 asio::awaitable<relay_totals> run_tunnel(tcp::socket& client, tcp::socket& upstream,
                                          std::string_view initial_up,
                                          std::chrono::milliseconds idle_timeout,
