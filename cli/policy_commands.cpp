@@ -34,14 +34,6 @@ std::string join(const std::vector<std::string>& items, std::string_view separat
   return out;
 }
 
-std::string_view trim(std::string_view text) {
-  while (!text.empty() && (text.front() == ' ' || text.front() == '\t'))
-    text.remove_prefix(1);
-  while (!text.empty() && (text.back() == ' ' || text.back() == '\t'))
-    text.remove_suffix(1);
-  return text;
-}
-
 bool same_rule(const policy::rule& a, const policy::rule& b) {
   return a.sandbox == b.sandbox && a.act == b.act && a.res.text() == b.res.text() &&
          a.methods == b.methods && a.path == b.path;
@@ -82,7 +74,7 @@ int run_add(const add_options& opts) {
     std::string_view rest = argument;
     while (true) {
       auto comma = rest.find(',');
-      auto item = trim(rest.substr(0, comma));
+      auto item = proxy::trim_ows(rest.substr(0, comma));
       if (item.empty()) {
         throw usage_error(fmt::format(
             "invalid rule \"{}\": empty resource in the list; separate resources with single "

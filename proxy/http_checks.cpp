@@ -35,14 +35,6 @@ bool is_tchar(char c) {
   return std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
 }
 
-std::string_view trim_ows(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
-    s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
-    s.remove_suffix(1);
-  return s;
-}
-
 // The elements of a comma-separated list (RFC 9110 §5.6.1), OWS trimmed, empty ones kept (so a
 // caller can refuse them).
 std::vector<std::string_view> list_elements(std::string_view value) {
@@ -62,6 +54,14 @@ bool valid_reg_name_char(char c) {
 }
 
 }  // namespace
+
+std::string_view trim_ows(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
+    s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
+    s.remove_suffix(1);
+  return s;
+}
 
 std::string check_raw_head(std::string_view head) {
   std::size_t line_start = 0;

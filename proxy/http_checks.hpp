@@ -33,6 +33,9 @@ namespace sbx::proxy {
 // (a parser reading "010" as octal would disagree about the length), at most 18 digits.
 [[nodiscard]] std::string check_content_length(std::string_view value);
 
+// `s` without the optional whitespace (spaces, tabs) around it (RFC 9110 §5.6.3 OWS).
+[[nodiscard]] std::string_view trim_ows(std::string_view s);
+
 struct authority {
   std::string host;  // lower-case, brackets removed from IPv6, trailing dot removed
   std::uint16_t port = 0;

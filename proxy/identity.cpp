@@ -1,5 +1,6 @@
 #include "proxy/detail/identity.hpp"
 #include "proxy/detail/upstream.hpp"
+#include "proxy/http_checks.hpp"
 
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
@@ -25,14 +26,6 @@ namespace {
 // Longest Basic credentials accepted: a sandbox name (63) and a token (43) need far less.
 constexpr std::size_t max_credentials_length = 4096;
 constexpr std::size_t max_sandbox_name_length = 63;
-
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
-    s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
-    s.remove_suffix(1);
-  return s;
-}
 
 bool iequals(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
@@ -229,12 +222,12 @@ std::optional<uid_t> tcp_socket_owner(const policy::ip_address& local_in, std::u
 
 std::optional<basic_credentials> parse_basic_credentials(std::string_view value) {
   static constexpr std::string_view scheme = "basic";
-  value = trim(value);
+  value = trim_ows(value);
   if (value.size() <= scheme.size() || !iequals(value.substr(0, scheme.size()), scheme) ||
       (value[scheme.size()] != ' ' && value[scheme.size()] != '\t')) {
     return std::nullopt;
   }
-  auto decoded = decode_base64(trim(value.substr(scheme.size())));
+  auto decoded = decode_base64(trim_ows(value.substr(scheme.size())));
   if (!decoded) return std::nullopt;
   const auto colon = decoded->find(':');
   if (colon == std::string::npos) return std::nullopt;
@@ -275,7 +268,7 @@ identity_result resolve_identity(const proxy_state& st, peer_info& peer,
     return out;
   };
 
-  if (!trim(proxy_authorization).empty()) {
+  if (!trim_ows(proxy_authorization).empty()) {
     auto credentials = parse_basic_credentials(proxy_authorization);
     if (!credentials) {
       return refuse(
