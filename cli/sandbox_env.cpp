@@ -21,8 +21,8 @@ constexpr const char* system_bundles[] = {"/etc/ssl/certs/ca-certificates.crt",
 
 // SSL_CERT_FILE, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE and GIT_SSL_CAINFO replace a client's trust
 // store rather than add to it; pointing them at the sbx CA alone would break every tunnelled
-// (not intercepted) host. So they get the system bundle plus the sbx CA; NODE_EXTRA_CA_CERTS is
-// additive and gets the sbx CA alone.
+// (not intercepted) host. So they get the system bundle plus the sbx CA (so does npm's cafile);
+// NODE_EXTRA_CA_CERTS is additive and gets the sbx CA alone.
 std::filesystem::path write_ca_bundle(const std::filesystem::path& dir, const std::string& ca_pem) {
   std::string bundle;
   for (const char* path : system_bundles) {
@@ -100,6 +100,9 @@ int print_env(const env_options& o) {
   fmt::print("SSL_CERT_FILE={0}\nREQUESTS_CA_BUNDLE={0}\nCURL_CA_BUNDLE={0}\nGIT_SSL_CAINFO={0}\n",
              shown_bundle);
   fmt::print("NODE_EXTRA_CA_CERTS={}\n", shown_ca);
+  // npm's `cafile` replaces Node's trust store (and a global `cafile` in .npmrc would override
+  // NODE_EXTRA_CA_CERTS, after which npm fails under interception): the whole bundle, as above.
+  fmt::print("npm_config_cafile={}\n", shown_bundle);
   for (const auto& svc : settings.services) {
     const bool has_secret = store->get(o.name, svc.name) || store->get("", svc.name);
     if (!has_secret) continue;

@@ -184,7 +184,8 @@ def test_sandbox_env_gives_what_a_sandbox_needs(run_sbx, sbx_home):
     assert "sk-env-test" not in "".join(env.values())
     ca = (sbx_home / "ca.pem").read_text()
     assert env["NODE_EXTRA_CA_CERTS"] == str(sbx_home / "ca.pem")
-    for var in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO"):
+    for var in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO",
+                "npm_config_cafile"):
         bundle = open(env[var]).read()
         assert ca in bundle, var
         assert bundle.count("BEGIN CERTIFICATE") > 1, "system CAs plus the sbx CA"
