@@ -32,24 +32,43 @@ TEST_CASE("the built-in catalogue is the contract's table") {
     strings headers;
     strings env;
   };
+  // Hosts, header forms and env vars as each provider's official SDK or CLI sends them (sources in
+  // README, "Built-in services").
+  const std::string bearer = "Authorization: Bearer {secret}";
   const std::vector<expected> table = {
-      {"openai", {"api.openai.com"}, {"Authorization: Bearer {secret}"}, {"OPENAI_API_KEY"}},
-      {"anthropic",
-       {"api.anthropic.com"},
-       {"x-api-key: {secret}", "Authorization: Bearer {secret}"},
-       {"ANTHROPIC_API_KEY"}},
+      {"openai", {"api.openai.com"}, {bearer}, {"OPENAI_API_KEY", "CODEX_API_KEY"}},
+      {"anthropic", {"api.anthropic.com"}, {"x-api-key: {secret}", bearer}, {"ANTHROPIC_API_KEY"}},
       {"google",
-       {"generativelanguage.googleapis.com", "aiplatform.googleapis.com"},
+       {"generativelanguage.googleapis.com", "aiplatform.googleapis.com",
+        "vertexai.googleapis.com"},
        {"x-goog-api-key: {secret}"},
        {"GEMINI_API_KEY", "GOOGLE_API_KEY"}},
       {"github",
-       {"api.github.com", "github.com", "raw.githubusercontent.com"},
-       {"Authorization: Bearer {secret}"},
+       {"api.github.com", "github.com", "raw.githubusercontent.com", "gist.github.com",
+        "api.githubcopilot.com"},
+       {bearer},
        {"GH_TOKEN", "GITHUB_TOKEN"}},
-      {"groq", {"api.groq.com"}, {"Authorization: Bearer {secret}"}, {"GROQ_API_KEY"}},
-      {"mistral", {"api.mistral.ai"}, {"Authorization: Bearer {secret}"}, {"MISTRAL_API_KEY"}},
-      {"xai", {"api.x.ai"}, {"Authorization: Bearer {secret}"}, {"XAI_API_KEY"}},
-      {"openrouter", {"openrouter.ai"}, {"Authorization: Bearer {secret}"}, {"OPENROUTER_API_KEY"}},
+      {"groq", {"api.groq.com"}, {bearer}, {"GROQ_API_KEY"}},
+      {"mistral", {"api.mistral.ai"}, {bearer}, {"MISTRAL_API_KEY"}},
+      {"xai", {"api.x.ai"}, {bearer}, {"XAI_API_KEY"}},
+      {"openrouter", {"openrouter.ai"}, {bearer}, {"OPENROUTER_API_KEY"}},
+      {"cursor", {"api2.cursor.sh"}, {bearer}, {"CURSOR_API_KEY"}},
+      {"factory", {"api.factory.ai", "app.factory.ai"}, {bearer}, {"FACTORY_API_KEY"}},
+      {"nebius",
+       {"api.tokenfactory.nebius.com", "api.studio.nebius.com", "api.studio.nebius.ai"},
+       {bearer},
+       {"NEBIUS_API_KEY"}},
+      {"deepseek", {"api.deepseek.com"}, {bearer}, {"DEEPSEEK_API_KEY"}},
+      {"together", {"api.together.xyz"}, {bearer}, {"TOGETHER_API_KEY"}},
+      {"fireworks", {"api.fireworks.ai"}, {bearer}, {"FIREWORKS_API_KEY"}},
+      {"cerebras", {"api.cerebras.ai"}, {bearer}, {"CEREBRAS_API_KEY"}},
+      {"perplexity", {"api.perplexity.ai"}, {bearer}, {"PERPLEXITY_API_KEY"}},
+      {"cohere", {"api.cohere.com", "api.cohere.ai"}, {bearer}, {"CO_API_KEY", "COHERE_API_KEY"}},
+      {"huggingface",
+       {"huggingface.co", "router.huggingface.co", "api-inference.huggingface.co"},
+       {bearer},
+       {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"}},
+      {"voyage", {"api.voyageai.com"}, {bearer}, {"VOYAGE_API_KEY"}},
   };
   REQUIRE(s.services.size() == table.size());
   for (std::size_t i = 0; i < table.size(); ++i) {
@@ -83,7 +102,7 @@ TEST_CASE("a service with a built-in name replaces it in place") {
   auto s = load_from_string(
       with_service("OpenAI", R"({"hosts": ["llm.example.com"], "header": "X-Key: {secret}"})"),
       "test.json");
-  REQUIRE(s.services.size() == 8);
+  REQUIRE(s.services.size() == 19);
   CHECK(s.services[0].name == "openai");
   CHECK(s.services[0].hosts == strings{"llm.example.com"});
   CHECK(s.services[0].headers == strings{"X-Key: {secret}"});
@@ -99,7 +118,7 @@ TEST_CASE("a service with a new name is added after the built-in ones") {
     "env": ["INTERNAL_LLM_KEY"]
   })"),
                             "test.json");
-  REQUIRE(s.services.size() == 9);
+  REQUIRE(s.services.size() == 20);
   const auto& svc = s.services.back();
   CHECK(svc.name == "internal-llm");
   CHECK(svc.hosts == strings{"llm.internal.example", "llm2.internal.example"});
