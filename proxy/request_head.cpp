@@ -66,8 +66,9 @@ std::string parse_request_head(beast::flat_buffer& buf, std::size_t head_len,
 
   // Message framing beyond Beast's checks (RFC 9112 §6): anything that lets two parsers disagree
   // about where this request ends is refused, since that is how request smuggling works.
-  if (static_cast<std::size_t>(std::distance(req.begin(), req.end())) > max_header_fields) {
-    return fmt::format("more than {} header fields", max_header_fields);
+  if (constexpr auto most = max_header_fields - proxy_added_fields;
+      static_cast<std::size_t>(std::distance(req.begin(), req.end())) > most) {
+    return fmt::format("more than {} header fields", most);
   }
   const auto cl_count = req.count(http::field::content_length);
   const auto te_count = req.count(http::field::transfer_encoding);
